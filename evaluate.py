@@ -1,0 +1,35 @@
+r"""Evaluates a trained lapjax run and writes its report.
+
+  python evaluate.py --workdir runs/default
+
+Reads the config saved in the workdir (or ``--config``), restores the newest
+checkpoint and writes ``report.json``, ``report.md`` and figures there.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lapjax.evaluation.evaluate import evaluate
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (default: the workdir's config.json).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder from train.py.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation"],
+                           "Split to evaluate.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:   # Orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
+  report = evaluate(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value)
+  c = report["classification"]
+  print(f"{report['split']}: accuracy {c['accuracy']:.4f}, balanced accuracy "
+        f"{c['balanced_accuracy']:.4f}, F1 {c['f1_macro']:.4f} (n={c['n']}); "
+        f"report in {report['workdir']}/report.md")
+
+
+if __name__ == "__main__":
+  app.run(main)

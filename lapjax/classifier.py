@@ -1,0 +1,224 @@
+"""The Classifier: the one interface every attribution method and metric sees.
+
+A ``Classifier`` is a pure function plus the names of the layers it can tap::
+
+  logits, features = classifier.apply(x, deltas=None)
+
+``x [B, H, W, C]`` float in the model's input space; ``logits [B, K]``;
+``features`` maps each name in ``classifier.layers`` to that layer's output
+(``[B, h, w, c]`` for convolutional taps). ``deltas`` maps layer names to
+arrays added to those layers' outputs, so ``d logits / d deltas[name]`` at
+zero is the gradient w.r.t. that activation (the semantics of Flax's
+``Module.perturb``), which is how CAM-type methods reach intermediate
+gradients without hooks. Any framework fits behind a three-line adapter.
+
+``from_flax`` builds one from any Flax linen module without changing it: layer
+names are submodule paths (``'block2'``, ``'stage3/block1'``), tapped with
+``flax.linen.intercept_methods`` around each submodule's ``__call__``. The
+module runs with no mutable collections, so a BatchNorm that tried to update
+its statistics (training mode) raises instead of mixing batch items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Classifier(NamedTuple):
+  """A model as lapjax sees it.
+
+  Attributes:
+    apply: ``apply(x, deltas=None) -> (logits [B, K], {layer: array})``.
+    layers: names that may be tapped or perturbed, shallow to deep.
+  """
+  apply: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+  layers: tuple[str, ...]
+
+
+def check_images(x: Any, *, channels: int | None = None,
+                 name: str = "x") -> None:
+  """Raises ValueError unless ``x`` is a float ``[B, H, W, C]`` batch."""
+  shape = getattr(x, "shape", None)
+  dtype = getattr(x, "dtype", None)
+  if shape is None or len(shape) != 4:
+    raise ValueError(
+        f"{name} must be a batch of images [B, H, W, C]; got shape {shape}"
+        + (" (add a batch axis: x[None])" if shape is not None
+           and len(shape) == 3 else ""))
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be floating point in the model's input space (e.g. "
+        f"float32 in [0, 1]); got dtype {dtype}: convert and normalise first")
+  if channels is not None and shape[-1] != channels:
+    raise ValueError(
+        f"{name} has {shape[-1]} channels (shape {tuple(shape)}); the model "
+        f"expects {channels}")
+
+
+def _path(module: nn.Module) -> str:
+  return "/".join(module.path)
+
+
+def _kernel_in_features(module: nn.Module) -> int | None:
+  """Input channels a Conv or Dense expects, or None for other modules."""
+  kernel = module.variables.get("params", {}).get("kernel")
+  if kernel is None or not isinstance(module, (nn.Conv, nn.Dense)):
+    return None
+  groups = getattr(module, "feature_group_count", 1)
+  return kernel.shape[-2] * groups
+
+
+def _trace(module: nn.Module, variables: Mapping[str, Any], x: jax.Array,
+           apply_kwargs: Mapping[str, Any], wanted: frozenset[str],
+           deltas: Mapping[str, jax.Array]):
+  """Runs the module once, recording (and perturbing) the wanted taps.
+
+  Returns ``(logits, features, available)`` where ``available`` lists, in
+  call order, every submodule path whose ``__call__`` returned an array.
+  """
+  features: dict[str, jax.Array] = {}
+  available: dict[str, tuple[int, ...]] = {}
+  checked_input = False
+
+  def interceptor(next_fun, args, kwargs, context):
+    nonlocal checked_input
+    if context.method_name != "__call__" or not context.module.path:
+      return next_fun(*args, **kwargs)
+    mod = context.module
+    if not checked_input and args and args[0] is x:
+      expected = _kernel_in_features(mod)
+      if expected is not None:
+        checked_input = True
+        check_images(x, channels=expected)
+    out = next_fun(*args, **kwargs)
+    name = _path(mod)
+    if not isinstance(out, jax.Array):
+      return out
+    if name in available and name in wanted:
+      raise ValueError(
+          f"layer {name!r} is called more than once in one forward pass, so "
+          "a tap on it is ambiguous; tap a submodule that runs once")
+    available[name] = out.shape
+    if name in wanted:
+      if name in deltas:
+        delta = deltas[name]
+        if jnp.shape(delta) != out.shape:
+          raise ValueError(
+              f"deltas[{name!r}] has shape {jnp.shape(delta)}; layer {name!r} "
+              f"outputs shape {out.shape}")
+        out = out + delta
+      features[name] = out
+    return out
+
+  with nn.intercept_methods(interceptor):
+    try:
+      logits = module.apply(variables, x, mutable=False, **apply_kwargs)
+    except flax.errors.ModifyScopeVariableError as e:
+      raise ValueError(
+          "the model tried to update a variable while explaining (BatchNorm "
+          "updating its 'batch_stats' in training mode?); attribution must "
+          "run in inference mode so batch items stay independent: pass the "
+          "model's flag through from_flax, e.g. from_flax(..., train=False)"
+          f". Flax said: {e}") from None
+  return logits, features, available
+
+
+def _unknown_layer_error(unknown: Sequence[str],
+                         available: Mapping[str, tuple[int, ...]]
+                         ) -> ValueError:
+  listing = ", ".join(f"{n} {list(s)}" for n, s in available.items())
+  return ValueError(f"unknown layer(s) {sorted(unknown)}; available layers "
+                    f"(call order, output shape): {listing}")
+
+
+def available_layers(module: nn.Module, variables: Mapping[str, Any],
+                     input_shape: Sequence[int],
+                     **apply_kwargs: Any) -> dict[str, tuple[int, ...]]:
+  """Every tappable submodule path of ``module``, in call order.
+
+  Args:
+    module: a Flax linen module.
+    variables: its variables.
+    input_shape: ``(H, W, C)`` of one image.
+    **apply_kwargs: extra arguments of ``module.apply``.
+
+  Returns:
+    ``{path: output shape}`` for a batch of one, shallow to deep.
+  """
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+
+  def run(x):
+    return _trace(module, variables, x, apply_kwargs, frozenset(), {})[2]
+
+  shapes = {}
+
+  def collect(x):
+    shapes.update(run(x))
+    return 0
+
+  jax.eval_shape(collect, x)
+  return shapes
+
+
+def from_flax(module: nn.Module, variables: Mapping[str, Any], *,
+              layers: Sequence[str] | None = None,
+              input_shape: Sequence[int] | None = None,
+              **apply_kwargs: Any) -> Classifier:
+  """Builds a ``Classifier`` from any Flax linen module, unchanged.
+
+  Args:
+    module: the linen module; ``module.apply(variables, x, **apply_kwargs)``
+      must return logits ``[B, K]`` in inference mode (lapjax models default
+      to ``train=False``; pass e.g. ``deterministic=True`` for others).
+    variables: its variables (``params``, ``batch_stats``, ...).
+    layers: submodule paths to tap, e.g. ``('block2', 'stage3/block1')``.
+      ``None`` taps every direct child with a 4-D output (needs
+      ``input_shape``).
+    input_shape: ``(H, W, C)`` of one image; when given, layer names are
+      checked now rather than at the first call.
+    **apply_kwargs: extra keyword arguments of ``module.apply``.
+
+  Returns:
+    A ``Classifier``; its ``apply`` is pure and jittable.
+
+  Raises:
+    ValueError: unknown layer names (the message lists the available ones
+      with their output shapes), or ``layers=None`` without ``input_shape``.
+  """
+  if input_shape is not None:
+    avail = available_layers(module, variables, input_shape, **apply_kwargs)
+    if layers is None:
+      layers = [n for n, s in avail.items() if "/" not in n and len(s) == 4]
+    unknown = [n for n in layers if n not in avail]
+    if unknown:
+      raise _unknown_layer_error(unknown, avail)
+    order = list(avail)
+    layers = sorted(layers, key=order.index)
+  elif layers is None:
+    raise ValueError("from_flax needs layers=... or input_shape=(H, W, C) to "
+                     "find the default layers")
+  layers = tuple(layers)
+  wanted = frozenset(layers)
+
+  def apply(x: jax.Array, deltas: Mapping[str, jax.Array] | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    check_images(x)
+    deltas = dict(deltas or {})
+    extra = [n for n in deltas if n not in wanted]
+    if extra:
+      raise ValueError(f"deltas names layers {extra} that this classifier "
+                       f"does not tap; its layers are {list(layers)}")
+    logits, features, avail = _trace(module, variables, x, apply_kwargs,
+                                     wanted, deltas)
+    missing = [n for n in layers if n not in features]
+    if missing:
+      raise _unknown_layer_error(missing, avail)
+    return logits, {n: features[n] for n in layers}
+
+  return Classifier(apply=apply, layers=layers)

@@ -1,0 +1,113 @@
+"""Random-access data sources and the config-driven ``make_source``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from lapjax.data import clues
+
+
+class ArraySource:
+  """A source over in-memory arrays that share their first axis."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    sizes = {k: len(v) for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1:
+      raise ValueError(f"arrays must share their first axis; got {sizes}")
+    self.arrays = dict(arrays)
+    self.num_examples = next(iter(sizes.values()))
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[indices] for k, v in self.arrays.items()}
+
+
+class ClueSource:
+  """``num_examples`` clue-benchmark images of one split, indices ``0..n-1``.
+
+  With ``cache=True`` (default) the split is rendered once, in chunks, and
+  kept in memory (64x64: 60 KB an image); otherwise each ``get`` renders.
+  """
+
+  def __init__(self, config: clues.CluesConfig, split: str,
+               num_examples: int, *, seed: int = 0, cache: bool = True,
+               draw_clues: bool = True):
+    self.config, self.split, self.seed = config, split, seed
+    self.num_examples = num_examples
+    self.draw_clues = draw_clues
+    self._cache = None
+    if cache:
+      chunks = [self._render(np.arange(i, min(i + 512, num_examples)))
+                for i in range(0, num_examples, 512)]
+      self._cache = ArraySource(
+          {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
+
+  def _render(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return clues.render(self.config, self.split, indices, seed=self.seed,
+                        draw_clues=self.draw_clues)
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    indices = np.asarray(indices)
+    if indices.size and (indices.min() < 0
+                         or indices.max() >= self.num_examples):
+      raise IndexError(f"indices must be in [0, {self.num_examples}); got "
+                       f"[{indices.min()}, {indices.max()}]")
+    if self._cache is not None:
+      return self._cache.get(indices)
+    return self._render(indices)
+
+
+def clues_config(data_config: Mapping) -> clues.CluesConfig:
+  """The ``CluesConfig`` described by a ``config.data`` block."""
+  return clues.CluesConfig(
+      image_size=tuple(data_config["image_size"]),
+      num_clue_classes=data_config["num_clue_classes"],
+      binary=data_config["binary"],
+      min_clue_fraction=data_config["min_clue_fraction"],
+      max_clue_fraction=data_config["max_clue_fraction"],
+      box_padding=data_config["box_padding"])
+
+
+def data_info(data_config: Mapping) -> dict:
+  """``num_classes``, ``class_names`` and ``image_shape (H, W, C)`` of a
+  ``config.data`` block, without loading any images."""
+  name = data_config["name"]
+  if name == "clues":
+    cfg = clues_config(data_config)
+    return {"num_classes": cfg.num_classes,
+            "class_names": list(cfg.class_names),
+            "image_shape": (*cfg.image_size, 3)}
+  if name.startswith("tfds:"):
+    from lapjax.data import tfds   # tensorflow-datasets only when asked for
+    return tfds.dataset_info(name[len("tfds:"):],
+                             image_size=tuple(data_config["image_size"]),
+                             data_dir=data_config["data_dir"])
+  raise ValueError(f"unknown data.name {name!r}: use 'clues' or "
+                   "'tfds:<dataset>' (e.g. 'tfds:cifar10')")
+
+
+def make_source(data_config: Mapping, split: str):
+  """The source of ``split`` described by a ``config.data`` block.
+
+  ``data_config.name`` is ``'clues'`` (the embedded benchmark) or
+  ``'tfds:<dataset name>'`` for a tensorflow-datasets dataset.
+
+  Returns:
+    ``(source, info)``, ``info`` as in ``data_info``.
+  """
+  info = data_info(data_config)
+  name = data_config["name"]
+  sizes = {"train": data_config["num_train"],
+           "validation": data_config["num_validation"],
+           "test": data_config["num_test"]}
+  if split not in sizes:
+    raise ValueError(f"split must be one of {sorted(sizes)}; got {split!r}")
+  if name == "clues":
+    return ClueSource(clues_config(data_config), split, sizes[split],
+                      seed=data_config["seed"]), info
+  from lapjax.data import tfds
+  return tfds.TfdsSource(
+      name[len("tfds:"):], split=data_config["tfds_splits"][split],
+      image_size=tuple(data_config["image_size"]),
+      data_dir=data_config["data_dir"], max_examples=sizes[split]), info

@@ -1,0 +1,1 @@
+"""Evaluation reports (used by ``evaluate.py``)."""

@@ -1,0 +1,66 @@
+"""Building blocks shared by lapjax models: each tap point is its own module.
+
+Pooling and activations are wrapped in named modules so that every stage and
+pooling output has a path (``'block2'``, ``'pool1'``) that
+``lapjax.from_flax`` can tap and perturb without changing the model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+Activation = Callable[[jax.Array], jax.Array]
+
+
+def batch_norm(train: bool) -> ModuleDef:
+  """BatchNorm as lapjax models use it: running statistics unless training."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train,
+                           momentum=0.9, epsilon=1e-5)
+
+
+class ConvNormAct(nn.Module):
+  """``act(norm(conv(x)))``, the unit of the small CNN and the ResNet stem."""
+  features: int
+  norm: ModuleDef
+  act: Activation
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(self.features, self.kernel_size, self.strides, use_bias=False,
+                name="conv")(x)
+    return self.act(self.norm(name="norm")(x))
+
+
+class Pool(nn.Module):
+  """Local max or average pooling, ``[B, H, W, C] -> [B, H/s, W/s, C]``.
+
+  A module (not a function) so that it has a name to tap, and so that LAP-Pool
+  can stand in its place.
+  """
+  window: int = 2
+  strides: int = 2
+  kind: str = "max"
+  padding: str = "VALID"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pool = {"max": nn.max_pool, "avg": nn.avg_pool}[self.kind]
+    return pool(x, (self.window, self.window), (self.strides, self.strides),
+                padding=self.padding)
+
+
+class GlobalAvgPool(nn.Module):
+  """``[B, H, W, C] -> [B, C]``, mean over space."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,81 @@
+"""The training config schema: every field lapjax understands, documented.
+
+Config files (``configs/*.py``) start from ``base_config()`` and override
+values; ``validate`` rejects fields the schema does not have (a typo such as
+``config.optimiser`` would otherwise be silently ignored).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+# Sub-trees whose keys are free-form (passed through to a constructor).
+FREE_FORM = ("model.kwargs",)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults; see the comments for their meaning."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                    # parameter init and per-step keys
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "clues"         # 'clues' or 'tfds:<name>' (e.g. 'tfds:cifar10')
+  c.data.seed = 0               # dataset seed (images from (seed, split, i))
+  c.data.image_size = (64, 64)  # (H, W)
+  c.data.num_clue_classes = 3   # K clue classes, plus background-only
+  c.data.binary = False         # clue present / absent instead of K + 1
+  c.data.min_clue_fraction = 0.01  # clue box area / image area, smallest
+  c.data.max_clue_fraction = 0.15  # ... and largest
+  c.data.box_padding = 0.0      # > 0: coarse, merged boxes (annotation noise)
+  c.data.num_train = 20_000     # images per split (at most, for tfds)
+  c.data.num_validation = 1_000
+  c.data.num_test = 2_000
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds only
+  c.data.tfds_splits = ml_collections.ConfigDict(  # tfds split per split
+      {"train": "train", "validation": "test[:50%]", "test": "test[50%:]"})
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "small_cnn"    # a name in lapjax.models.MODELS
+  c.model.kwargs = ml_collections.ConfigDict()  # model attributes
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"    # 'adamw', 'adam' or 'sgd'
+  c.optimizer.learning_rate = 3e-3  # peak learning rate
+  c.optimizer.schedule = "warmup_cosine"  # 'warmup_cosine' or 'constant'
+  c.optimizer.warmup_steps = 0  # linear warm-up (warmup_cosine only)
+  c.optimizer.weight_decay = 1e-4   # adamw only
+  c.optimizer.momentum = 0.9        # sgd only (0 = plain SGD)
+
+  c.batch_size = 64             # global batch, divisible by the device count
+  c.num_steps = 1_000           # optimiser steps
+  c.log_every = 50              # steps between metrics.jsonl lines
+  c.checkpoint_every = 500      # steps between Orbax checkpoints (+ at end)
+  c.eval_batch_size = 250       # evaluation batch (padded, masked)
+  c.multihost = False           # call jax.distributed.initialize() first
+  return c
+
+
+def _paths(config, prefix=""):
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    yield path
+    if isinstance(value, ml_collections.ConfigDict) and path not in FREE_FORM:
+      yield from _paths(value, path + ".")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming any field that ``base_config`` does not have."""
+  known = set(_paths(base_config()))
+  unknown = [p for p in _paths(config) if p not in known]
+  if unknown:
+    hints = []
+    for p in unknown:
+      close = difflib.get_close_matches(p, known, n=1)
+      hints.append(f"{p}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise ValueError(f"unknown config field(s): {', '.join(hints)}; the "
+                     "fields are documented in lapjax/train/config.py")
+  for name in ("batch_size", "num_steps", "log_every", "checkpoint_every",
+               "eval_batch_size"):
+    if int(config[name]) < 1:
+      raise ValueError(f"config.{name} must be >= 1; got {config[name]}")

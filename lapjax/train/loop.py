@@ -1,0 +1,271 @@
+"""``train_and_evaluate(config, workdir)``: the optax training loop.
+
+One jitted step over a ``jax.sharding`` mesh (batch split on ``'data'``, state
+replicated); Orbax checkpoints every ``config.checkpoint_every`` steps and at
+the end, with the config saved beside them as ``config.json``; automatic
+resume from the newest checkpoint in ``workdir``; a progress bar with loss and
+images/s; metrics as JSON lines in ``workdir/metrics.jsonl``.
+
+Resuming is exact: training batch ``s`` and the key of step ``s`` are pure
+functions of ``(seed, s)``, so a run interrupted and resumed ends with the
+parameters of an uninterrupted run (tested bit for bit).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from lapjax.data import batching, sources
+from lapjax.models import create_model
+from lapjax.train import checkpoint, sharding
+from lapjax.train.config import validate
+from lapjax.train.state import TrainState, create_train_state
+
+# Fields that may change when a run resumes (the rest must match).
+RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
+                     "eval_batch_size")
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> tuple[optax.GradientTransformation,
+                              Callable[[int], float]]:
+  """The optax optimiser and learning-rate schedule of ``config.optimizer``."""
+  o = config.optimizer
+  if o.schedule == "warmup_cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.learning_rate, min(o.warmup_steps, config.num_steps - 1),
+        config.num_steps)
+  elif o.schedule == "constant":
+    schedule = optax.constant_schedule(o.learning_rate)
+  else:
+    raise ValueError(f"unknown optimizer.schedule {o.schedule!r}; use "
+                     "'warmup_cosine' or 'constant'")
+  if o.name == "adamw":
+    tx = optax.adamw(schedule, weight_decay=o.weight_decay)
+  elif o.name == "adam":
+    tx = optax.adam(schedule)
+  elif o.name == "sgd":
+    tx = optax.sgd(schedule, momentum=o.momentum or None)
+  else:
+    raise ValueError(f"unknown optimizer.name {o.name!r}; use 'adamw', "
+                     "'adam' or 'sgd'")
+  return tx, schedule
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy over the batch, ``[B, K], [B] -> []``."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               model: nn.Module, tx: optax.GradientTransformation
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on a (global) batch; returns the new state, metrics."""
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+        train=True, mutable=["batch_stats"],
+        rngs={"dropout": state.step_key()})
+    loss = cross_entropy_loss(logits, batch["label"])
+    return loss, (logits, updates.get("batch_stats", {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1,
+                            params=optax.apply_updates(state.params, updates),
+                            batch_stats=batch_stats, opt_state=opt_state)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return new_state, {"loss": loss, "accuracy": accuracy}
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh):
+  """``train_step`` jitted over ``mesh``: batch split on 'data', state
+  replicated, the input state donated."""
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx),
+      in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+      out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+      donate_argnums=0)
+
+
+def predict_step(state: TrainState, batch: dict[str, jax.Array], *,
+                 model: nn.Module) -> jax.Array:
+  """Logits ``[B, K]`` in inference mode (BatchNorm running statistics)."""
+  return model.apply({"params": state.params,
+                      "batch_stats": state.batch_stats}, batch["image"])
+
+
+def predict(state: TrainState, model: nn.Module, source: batching.Source,
+            *, batch_size: int, mesh: jax.sharding.Mesh | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """Logits and labels of every example of ``source`` (padding removed)."""
+  mesh = mesh or sharding.make_mesh()
+  sharding.check_batch_size(batch_size, mesh, name="eval_batch_size")
+  step = jax.jit(functools.partial(predict_step, model=model),
+                 in_shardings=(sharding.replicated(mesh),
+                               sharding.data_sharded(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  logits, labels = [], []
+  for batch in batching.eval_batches(source, batch_size):
+    valid = batch.pop("valid")
+    arrays = sharding.shard_batch({"image": batch["image"]}, mesh)
+    logits.append(np.asarray(step(state, arrays))[valid])
+    labels.append(batch["label"][valid])
+  return np.concatenate(logits), np.concatenate(labels)
+
+
+def _check_resume_config(workdir: str, config: ml_collections.ConfigDict
+                         ) -> None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  diff = [k for k in sorted(set(saved) | set(now))
+          if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)]
+  if diff:
+    raise ValueError(
+        f"workdir {workdir} holds a run with a different config (fields "
+        f"{diff} differ from {path}); use a new --workdir, or only change "
+        f"{list(RESUMABLE_CHANGES)} when resuming")
+
+
+def _truncate_metrics(path: str, after_step: int) -> None:
+  """Drops metric lines past the restored step (written before a crash)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [ln for ln in f if ln.strip()
+             and json.loads(ln).get("step", 0) <= after_step]
+  with open(path, "w") as f:
+    f.writelines(lines)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       progress: bool = True) -> TrainState:
+  """Trains the model of ``config`` in ``workdir``, resuming if possible.
+
+  Args:
+    config: a config from ``configs/`` (schema: ``lapjax/train/config.py``).
+    workdir: run folder: checkpoints, ``config.json``, ``metrics.jsonl``.
+    progress: show a progress bar.
+
+  Returns:
+    The final ``TrainState`` (also checkpointed).
+  """
+  validate(config)
+  if config.multihost:
+    jax.distributed.initialize()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _check_resume_config(workdir, config)
+
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh,
+                            name="eval_batch_size")
+  train_source, info = sources.make_source(config.data, "train")
+  model = create_model(config.model.name, num_classes=info["num_classes"],
+                       **config.model.kwargs)
+  tx, schedule = make_optimizer(config)
+  state = create_train_state(model, tx, jax.random.key(config.seed),
+                             info["image_shape"])
+  state = jax.device_put(state, sharding.replicated(mesh))
+
+  manager = checkpoint.checkpoint_manager(
+      workdir, save_every=config.checkpoint_every)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if manager.latest_step() is not None:
+    state = checkpoint.restore(manager, state)
+    _truncate_metrics(metrics_path, int(state.step))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  step_fn = make_train_step(model, tx, mesh)
+  local_batch = config.batch_size // jax.process_count()
+  start = int(state.step)
+  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
+                  desc="train", unit="step", mininterval=2.0)
+  t0, seen = time.perf_counter(), 0
+  sums: dict[str, float] = {}
+  with open(metrics_path, "a") as metrics_file:
+    for step in range(start, config.num_steps):
+      host_batch = batching.train_batch(
+          train_source, config.batch_size, step, config.data.seed)
+      host_batch = {k: host_batch[k][jax.process_index() * local_batch:
+                                     (jax.process_index() + 1) * local_batch]
+                    for k in ("image", "label")}
+      state, metrics = step_fn(state, sharding.shard_batch(host_batch, mesh))
+      for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + v
+      seen += config.batch_size
+      done = step + 1
+      checkpoint.save(manager, state, force=done == config.num_steps)
+      if done % config.log_every == 0 or done == config.num_steps:
+        n = done - (done - 1) // config.log_every * config.log_every
+        record = {"step": done, "lr": float(schedule(step))}
+        record.update({k: float(v) / n for k, v in sums.items()})
+        record["images_per_s"] = seen / (time.perf_counter() - t0)
+        sums = {}
+        if jax.process_index() == 0:
+          metrics_file.write(json.dumps(record) + "\n")
+          metrics_file.flush()
+        bar.set_postfix(loss=f"{record['loss']:.4f}",
+                        img_s=f"{record['images_per_s']:.0f}")
+        t0, seen = time.perf_counter(), 0
+      bar.update(1)
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+
+  val_source, _ = sources.make_source(config.data, "validation")
+  logits, labels = predict(state, model, val_source,
+                           batch_size=config.eval_batch_size, mesh=mesh)
+  val_acc = float(np.mean(logits.argmax(-1) == labels))
+  if jax.process_index() == 0:
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps({"step": int(state.step),
+                          "validation_accuracy": val_acc}) + "\n")
+  print(f"step {int(state.step)}: validation accuracy {val_acc:.4f} "
+        f"({len(labels)} images); workdir {workdir}")
+  return state
+
+
+def load_state(config: ml_collections.ConfigDict, workdir: str
+               ) -> tuple[nn.Module, TrainState, dict[str, Any]]:
+  """The model, its newest checkpointed state and the data info of a run."""
+  validate(config)
+  step = checkpoint.latest_step(workdir)
+  if step is None:
+    raise FileNotFoundError(
+        f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}"
+        f"; train first: python train.py --config ... --workdir {workdir}")
+  info = sources.data_info(config.data)
+  model = create_model(config.model.name, num_classes=info["num_classes"],
+                       **config.model.kwargs)
+  tx, _ = make_optimizer(config)
+  like = jax.eval_shape(lambda: create_train_state(
+      model, tx, jax.random.key(config.seed), info["image_shape"]))
+  manager = checkpoint.checkpoint_manager(
+      workdir, save_every=config.checkpoint_every)
+  state = checkpoint.restore(manager, like, step)
+  manager.close()
+  return model, state, info
