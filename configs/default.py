@@ -1,4 +1,4 @@
-r"""Default: the small CNN on the 4-class clue benchmark (the README's main job).
+r"""The small CNN on the 4-class clue benchmark (the README's main job).
 
 Command (what ``make demo`` runs)::
 

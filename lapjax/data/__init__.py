@@ -1,10 +1,26 @@
-"""Data: the embedded clue benchmark, grids, tfds pipelines, batching."""
+"""Data: the embedded clue benchmark, grids, tfds pipelines, batching.
 
-from lapjax.data import boxes, clues
-from lapjax.data.batching import eval_batches, train_batch, train_indices
-from lapjax.data.clues import CluesConfig, render
-from lapjax.data.sources import ArraySource, ClueSource, data_info, make_source
+Submodules load on first use, so that ``python -m lapjax.data.clues`` runs
+the module fresh and tensorflow-datasets is imported only when asked for.
+"""
 
-__all__ = ["ArraySource", "ClueSource", "CluesConfig", "boxes", "clues",
-           "data_info", "eval_batches", "make_source", "render",
-           "train_batch", "train_indices"]
+import importlib
+
+_EXPORTS = {
+    "ArraySource": "sources", "ClueSource": "sources", "data_info": "sources",
+    "make_source": "sources", "CluesConfig": "clues", "render": "clues",
+    "eval_batches": "batching", "train_batch": "batching",
+    "train_indices": "batching",
+}
+_SUBMODULES = ("batching", "boxes", "clues", "grid", "sources", "tfds")
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"lapjax.data.{name}")
+  if name in _EXPORTS:
+    module = importlib.import_module(f"lapjax.data.{_EXPORTS[name]}")
+    return getattr(module, name)
+  raise AttributeError(f"module 'lapjax.data' has no attribute {name!r}")

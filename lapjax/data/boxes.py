@@ -15,7 +15,7 @@ import numpy as np
 
 def validate_boxes(boxes: np.ndarray, height: int, width: int,
                    *, name: str = "boxes") -> None:
-  """Raises ValueError unless ``boxes [..., 4]`` are ordered and in the image."""
+  """Raises ValueError unless ``boxes [..., 4]`` are ordered, in the image."""
   boxes = np.asarray(boxes)
   if boxes.shape[-1:] != (4,):
     raise ValueError(

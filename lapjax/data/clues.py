@@ -1,4 +1,4 @@
-"""The embedded clue benchmark: offline images whose only class evidence is known.
+"""The embedded clue benchmark: offline images with known class evidence.
 
 Every image has a smooth random background, low-amplitude pixel noise and
 1-3 *distractor* objects (filled discs and rectangles) that every class shares,
@@ -319,7 +319,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--binary", action="store_true")
   parser.add_argument("--box_padding", type=float, default=0.0)
   args = parser.parse_args(argv)
-  from lapjax import viz   # matplotlib only when drawing
+  from lapjax import viz  # matplotlib only when drawing
   config = CluesConfig(image_size=tuple(args.size), binary=args.binary,
                        box_padding=args.box_padding)
   batch = render(config, args.split, np.arange(args.num), seed=args.seed)

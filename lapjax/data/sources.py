@@ -79,7 +79,7 @@ def data_info(data_config: Mapping) -> dict:
             "class_names": list(cfg.class_names),
             "image_shape": (*cfg.image_size, 3)}
   if name.startswith("tfds:"):
-    from lapjax.data import tfds   # tensorflow-datasets only when asked for
+    from lapjax.data import tfds  # tensorflow-datasets only when asked for
     return tfds.dataset_info(name[len("tfds:"):],
                              image_size=tuple(data_config["image_size"]),
                              data_dir=data_config["data_dir"])

@@ -33,7 +33,7 @@ def _builder(name: str, data_dir: str | None):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    known = tfds.list_builders()
+    known = tfds.list_builders(with_community_datasets=False)
     close = difflib.get_close_matches(name.split("/")[0], known, n=5)
     raise ValueError(
         f"tensorflow-datasets does not know the dataset {name!r}"

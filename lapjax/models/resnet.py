@@ -19,8 +19,14 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from lapjax.models.layers import (Activation, ConvNormAct, GlobalAvgPool,
-                                  ModuleDef, Pool, batch_norm)
+from lapjax.models.layers import (
+  Activation,
+  ConvNormAct,
+  GlobalAvgPool,
+  ModuleDef,
+  Pool,
+  batch_norm,
+)
 
 
 class BasicBlock(nn.Module):

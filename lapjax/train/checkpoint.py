@@ -41,7 +41,13 @@ def restore(manager: ocp.CheckpointManager, like: TrainState,
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *,
-         force: bool = False) -> bool:
-  """Saves ``state`` at its step if due (or ``force``); returns whether."""
-  return manager.save(int(state.step), args=ocp.args.StandardSave(state),
-                      force=force)
+         step: int | None = None, force: bool = False) -> bool:
+  """Saves ``state`` if its step is due (or ``force``); returns whether.
+
+  Pass ``step`` (equal to ``state.step``) from the host to avoid waiting for
+  the device on steps that are not saved.
+  """
+  step = int(state.step) if step is None else step
+  if not force and not manager.should_save(step):
+    return False
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force)

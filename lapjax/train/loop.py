@@ -218,7 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         sums[k] = sums.get(k, 0.0) + v
       seen += config.batch_size
       done = step + 1
-      checkpoint.save(manager, state, force=done == config.num_steps)
+      checkpoint.save(manager, state, step=done,
+                      force=done == config.num_steps)
       if done % config.log_every == 0 or done == config.num_steps:
         n = done - (done - 1) // config.log_every * config.log_every
         record = {"step": done, "lr": float(schedule(step))}
@@ -255,9 +256,10 @@ def load_state(config: ml_collections.ConfigDict, workdir: str
   validate(config)
   step = checkpoint.latest_step(workdir)
   if step is None:
+    where = os.path.join(os.path.abspath(workdir), "checkpoints")
     raise FileNotFoundError(
-        f"no checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}"
-        f"; train first: python train.py --config ... --workdir {workdir}")
+        f"no checkpoint in {where}; train first: python train.py --config "
+        f"... --workdir {workdir}")
   info = sources.data_info(config.data)
   model = create_model(config.model.name, num_classes=info["num_classes"],
                        **config.model.kwargs)

@@ -21,8 +21,11 @@ from configs import default  # noqa: E402
 from lapjax.data import batching, sources  # noqa: E402
 from lapjax.models import create_model  # noqa: E402
 from lapjax.train import sharding  # noqa: E402
-from lapjax.train.loop import (make_optimizer, make_train_step,  # noqa: E402
-                               train_and_evaluate)
+from lapjax.train.loop import (  # noqa: E402
+  make_optimizer,
+  make_train_step,
+  train_and_evaluate,
+)
 from lapjax.train.state import create_train_state  # noqa: E402
 
 

@@ -9,9 +9,10 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from configs import default
-from lapjax.train import checkpoint, load_state
+from lapjax.train import checkpoint, load_state, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -71,8 +72,6 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):
-  from lapjax.train import train_and_evaluate
-  import pytest
   config = default.get_config("tiny")
   config.num_steps = 2
   train_and_evaluate(config, str(tmp_path), progress=False)

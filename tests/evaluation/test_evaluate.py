@@ -1,0 +1,52 @@
+"""evaluate(): the report of a trained run, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import default
+from lapjax.data import sources
+from lapjax.evaluation.evaluate import evaluate
+from lapjax.train import load_state, predict, train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  train_and_evaluate(default.get_config("tiny"), str(workdir), progress=False)
+  return workdir
+
+
+def test_report_files_and_numbers(run):
+  report = evaluate(None, str(run))
+  on_disk = json.loads((run / "report.json").read_text())
+  assert on_disk == json.loads(json.dumps(report))
+  c = report["classification"]
+  config = default.get_config("tiny")
+  assert c["n"] == config.data.num_test
+  cm = np.array(c["confusion_matrix"])
+  assert cm.sum() == c["n"]
+  assert c["accuracy"] == pytest.approx(np.trace(cm) / c["n"])
+  # The numbers are those of the checkpointed model on the test split.
+  model, state, _ = load_state(config, str(run))
+  src, _ = sources.make_source(config.data, "test")
+  logits, labels = predict(state, model, src, batch_size=32)
+  assert c["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+  md = (run / "report.md").read_text()
+  assert "| accuracy |" in md and "| balanced accuracy |" in md
+  assert "![predictions.png](predictions.png)" in md
+  assert (run / "predictions.png").stat().st_size > 10_000
+
+
+def test_no_checkpoint_is_explained(tmp_path):
+  (tmp_path / "config.json").write_text(default.get_config("tiny")
+                                        .to_json_best_effort())
+  with pytest.raises(FileNotFoundError, match="no checkpoint in .*train "
+                     "first"):
+    evaluate(None, str(tmp_path))
+
+
+def test_not_a_run_folder(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a lapjax run folder"):
+    evaluate(None, str(tmp_path / "nothing"))

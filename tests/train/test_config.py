@@ -1,0 +1,64 @@
+"""Configs: every shipped variant validates; unknown fields are named."""
+
+import pytest
+
+from configs import default
+from lapjax.train.config import validate
+from lapjax.train.loop import make_optimizer, train_and_evaluate
+
+
+@pytest.mark.parametrize("arg", [None, "tiny", "resnet18"])
+def test_shipped_configs_validate(arg):
+  validate(default.get_config(arg))
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown config variant 'huge'"):
+    default.get_config("huge")
+
+
+def test_unknown_field_is_named_with_a_suggestion(tmp_path):
+  config = default.get_config("tiny")
+  config.optimiser = {"name": "sgd"}      # British spelling: a typo here
+  with pytest.raises(ValueError, match=r"unknown config field\(s\): "
+                     r"optimiser \(did you mean optimizer\?\)"):
+    train_and_evaluate(config, str(tmp_path))
+  config = default.get_config("tiny")
+  config.data.num_trian = 5
+  with pytest.raises(ValueError, match="data.num_trian"):
+    validate(config)
+
+
+def test_free_form_model_kwargs_are_allowed():
+  config = default.get_config("tiny")
+  config.model.kwargs.convs_per_block = 2
+  validate(config)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("batch_size", 0, "batch_size must be >= 1"),
+    ("num_steps", -3, "num_steps must be >= 1"),
+])
+def test_bad_values(field, value, match):
+  config = default.get_config("tiny")
+  config[field] = value
+  with pytest.raises(ValueError, match=match):
+    validate(config)
+
+
+def test_bad_optimizer_names():
+  config = default.get_config("tiny")
+  config.optimizer.name = "adagrad"
+  with pytest.raises(ValueError, match="unknown optimizer.name 'adagrad'"):
+    make_optimizer(config)
+  config.optimizer.name = "sgd"
+  config.optimizer.schedule = "step"
+  with pytest.raises(ValueError, match="unknown optimizer.schedule 'step'"):
+    make_optimizer(config)
+
+
+def test_image_too_small_for_clues_is_explained(tmp_path):
+  config = default.get_config("tiny")
+  config.data.image_size = (16, 16)
+  with pytest.raises(ValueError, match="too small for min_clue_fraction"):
+    train_and_evaluate(config, str(tmp_path))
