@@ -204,8 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start = int(state.step)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
                   desc="train", unit="step", mininterval=2.0)
-  t0, seen = time.perf_counter(), 0
-  sums: dict[str, float] = {}
+  t0, window = time.perf_counter(), 0     # steps since the last log line
+  sums: dict[str, jax.Array] = {}
   with open(metrics_path, "a") as metrics_file:
     for step in range(start, config.num_steps):
       host_batch = batching.train_batch(
@@ -214,24 +214,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                      (jax.process_index() + 1) * local_batch]
                     for k in ("image", "label")}
       state, metrics = step_fn(state, sharding.shard_batch(host_batch, mesh))
-      for k, v in metrics.items():
-        sums[k] = sums.get(k, 0.0) + v
-      seen += config.batch_size
+      sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
+      window += 1
       done = step + 1
       checkpoint.save(manager, state, step=done,
                       force=done == config.num_steps)
       if done % config.log_every == 0 or done == config.num_steps:
-        n = done - (done - 1) // config.log_every * config.log_every
         record = {"step": done, "lr": float(schedule(step))}
-        record.update({k: float(v) / n for k, v in sums.items()})
-        record["images_per_s"] = seen / (time.perf_counter() - t0)
-        sums = {}
+        record.update({k: float(v) / window for k, v in sums.items()})
+        record["images_per_s"] = (window * config.batch_size
+                                  / (time.perf_counter() - t0))
         if jax.process_index() == 0:
           metrics_file.write(json.dumps(record) + "\n")
           metrics_file.flush()
         bar.set_postfix(loss=f"{record['loss']:.4f}",
                         img_s=f"{record['images_per_s']:.0f}")
-        t0, seen = time.perf_counter(), 0
+        t0, window, sums = time.perf_counter(), 0, {}
       bar.update(1)
   bar.close()
   manager.wait_until_finished()
