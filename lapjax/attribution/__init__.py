@@ -1,0 +1,42 @@
+"""Attribution methods with one contract (DESIGN.md §3).
+
+``method(classifier, x, targets, *, options) -> maps``: ``x [B, H, W, C]``;
+targets ``[B]``, ``[B, C']`` (one forward pass, ``vmap`` over classes) or a
+``[B, K]`` float cotangent; raw signed maps ``[B, H, W]`` / ``[B, C', H, W]``
+at input resolution. Batch-expanding methods take ``chunk_size``; stochastic
+ones take ``key``.
+"""
+
+from lapjax.attribution import postprocess
+from lapjax.attribution.cam import (
+                                    grad_cam,
+                                    grad_cam_plus_plus,
+                                    guided_grad_cam,
+                                    lafam,
+                                    layer_cam,
+                                    score_cam,
+)
+from lapjax.attribution.gradients import (
+                                    gradient,
+                                    guided_backprop,
+                                    guided_classifier,
+                                    guided_relu,
+                                    input_x_gradient,
+                                    integrated_gradients,
+                                    smoothgrad,
+)
+from lapjax.attribution.lens import (
+                                    attribution_lens,
+                                    best_vs_worst,
+                                    lens_refine,
+                                    top_k_classes,
+)
+from lapjax.attribution.perturbation import occlusion, relax, rise
+
+__all__ = [
+    "attribution_lens", "best_vs_worst", "grad_cam", "grad_cam_plus_plus",
+    "gradient", "guided_backprop", "guided_classifier", "guided_grad_cam",
+    "guided_relu", "input_x_gradient", "integrated_gradients", "lafam",
+    "layer_cam", "lens_refine", "occlusion", "postprocess", "relax", "rise",
+    "score_cam", "smoothgrad", "top_k_classes",
+]

@@ -1,0 +1,198 @@
+"""Class activation maps at a named layer: Grad-CAM and its relatives, LaFAM.
+
+Maps are computed at the layer's resolution ``[h, w]`` and, by default,
+resized to the input's ``[H, W]`` (``resize_method``, bilinear by default;
+``resize=False`` keeps the native resolution). Methods whose definition
+contains a ReLU (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) apply it; none
+normalises, except LaFAM, whose definition is a min-max normalised map.
+Gradients w.r.t. the layer come from ``deltas`` (no hooks), one forward pass
+for all target classes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lapjax.attribution import core
+from lapjax.attribution.gradients import guided_backprop
+from lapjax.classifier import Classifier
+
+
+def _resize(maps, x, resize: bool, method: str):
+  return core.resize_maps(maps, x.shape[1:3] if resize else None, method)
+
+
+def grad_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
+             resize: bool = True,
+             resize_method: str = "bilinear") -> jax.Array:
+  """Grad-CAM: ReLU of the activations weighted by their pooled gradients.
+
+  .. math:: L = \\mathrm{ReLU}\\Big(\\sum_k \\alpha_k A^k\\Big), \\quad
+     \\alpha_k = \\frac{1}{hw} \\sum_{ij} \\frac{\\partial y}{\\partial
+     A^k_{ij}}
+
+  The ReLU is part of Grad-CAM's definition. With a global-average-pool and
+  linear head after ``layer``, Grad-CAM equals CAM divided by ``h * w``.
+
+  Args:
+    classifier: the model.
+    x: ``[B, H, W, C]``.
+    targets: ``[B]``, ``[B, C']`` int or ``[B, K]`` float.
+    layer: the tapped layer (the last conv block, typically).
+    resize: resize to ``[H, W]`` (True) or keep ``[h, w]``.
+    resize_method: ``'bilinear'`` (pytorch-grad-cam), ``'nearest'``
+      (Captum), ``'bicubic'`` (Xplique) or ``'lanczos3'``.
+
+  Returns:
+    ``[B, H, W]`` (or ``[B, C', H, W]``), non-negative.
+
+  References:
+    Selvaraju et al., "Grad-CAM", ICCV 2017.
+  """
+  x, t = core.prepare(classifier, x, targets)
+  acts, grads, _ = core.layer_gradients(classifier, x, layer, t.cotangents)
+  weights = grads.mean(axis=(2, 3))                       # [C', B, c]
+  cam = jax.nn.relu(jnp.einsum("nbc,bhwc->nbhw", weights, acts))
+  return core.finish(_resize(cam, x, resize, resize_method), t)
+
+
+def grad_cam_plus_plus(classifier: Classifier, x: jax.Array, targets, *,
+                       layer: str, resize: bool = True,
+                       resize_method: str = "bilinear") -> jax.Array:
+  """Grad-CAM++ with the closed form for an exponential score.
+
+  With ``Y = exp(S)`` and ``S`` (the logit) locally linear in the layer's
+  activations, the higher derivatives are ``Y g^2`` and ``Y g^3`` with
+  ``g = dS/dA``, which gives
+
+  .. math:: \\alpha^k_{ij} = \\frac{g_{ij}^2}{2 g_{ij}^2 + \\sum_{ab}
+     A^k_{ab} g_{ij}^3}, \\quad w_k = \\sum_{ij} \\alpha^k_{ij}
+     \\mathrm{ReLU}(g_{ij}), \\quad L = \\mathrm{ReLU}(\\sum_k w_k A^k)
+
+  (Eq. 19 of the paper, the form every public implementation uses; a zero
+  denominator gives ``alpha = 0``). Tested against exact derivatives of
+  ``exp(S)``.
+
+  References:
+    Chattopadhay et al., "Grad-CAM++", WACV 2018.
+  """
+  x, t = core.prepare(classifier, x, targets)
+  acts, grads, _ = core.layer_gradients(classifier, x, layer, t.cotangents)
+  g2, g3 = grads**2, grads**3
+  denom = 2 * g2 + acts.sum(axis=(1, 2))[None, :, None, None, :] * g3
+  alpha = jnp.where(denom != 0, g2 / jnp.where(denom != 0, denom, 1.0), 0.0)
+  weights = (alpha * jax.nn.relu(grads)).sum(axis=(2, 3))
+  cam = jax.nn.relu(jnp.einsum("nbc,bhwc->nbhw", weights, acts))
+  return core.finish(_resize(cam, x, resize, resize_method), t)
+
+
+def layer_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
+              resize: bool = True,
+              resize_method: str = "bilinear") -> jax.Array:
+  """LayerCAM: ``ReLU(sum_k ReLU(g^k) * A^k)``, element-wise weights.
+
+  References:
+    Jiang et al., "LayerCAM", IEEE TIP 2021.
+  """
+  x, t = core.prepare(classifier, x, targets)
+  acts, grads, _ = core.layer_gradients(classifier, x, layer, t.cotangents)
+  cam = jax.nn.relu((jax.nn.relu(grads) * acts[None]).sum(-1))
+  return core.finish(_resize(cam, x, resize, resize_method), t)
+
+
+def guided_grad_cam(guided: Classifier, x: jax.Array, targets, *,
+                    layer: str, resize_method: str = "bilinear",
+                    channels: str | None = "sum") -> jax.Array:
+  """Guided Grad-CAM: guided backprop times the upsampled Grad-CAM.
+
+  ``guided`` must be built with guided ReLUs (``guided_classifier``); its
+  forward pass is the model's, so Grad-CAM is computed on it too.
+
+  References:
+    Selvaraju et al., "Grad-CAM", ICCV 2017.
+  """
+  cam = grad_cam(guided, x, targets, layer=layer, resize=True,
+                 resize_method=resize_method)
+  gbp = guided_backprop(guided, x, targets, channels=channels)
+  return gbp * (cam if channels is not None else cam[..., None])
+
+
+def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
+              baseline: float = 0.0, chunk_size: int = 16,
+              resize: bool = True, resize_method: str = "bilinear"
+              ) -> jax.Array:
+  """Score-CAM: each channel weighted by the score of the input it masks.
+
+  Channel ``k``'s activation is upsampled (bilinear) and min-max normalised
+  to a mask ``M_k`` in [0, 1]; its weight is the target's softmax
+  probability on ``x * M_k + baseline * (1 - M_k)``, and the map is
+  ``ReLU(sum_k w_k A^k)``. Needs integer targets (probabilities of a class).
+  Channels run ``chunk_size`` at a time.
+
+  References:
+    Wang et al., "Score-CAM", CVPR-W 2020.
+  """
+  x, t = core.prepare(classifier, x, targets)
+  if not jnp.issubdtype(jnp.asarray(targets).dtype, jnp.integer):
+    raise ValueError("score_cam needs integer targets [B] or [B, C'] (it "
+                     "scores class probabilities)")
+  core.check_layer(classifier, layer)
+  acts = classifier.apply(x)[1][layer]                     # [B, h, w, c]
+  b, h, w, c = x.shape[0], *x.shape[1:3], acts.shape[-1]
+  up = jax.image.resize(acts, (b, h, w, c), "bilinear")
+  lo = up.min(axis=(1, 2), keepdims=True)
+  hi = up.max(axis=(1, 2), keepdims=True)
+  masks = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.)
+
+  def scores(channels):                                    # [n] -> [n, C', B]
+    n = channels.shape[0]
+    m = jnp.moveaxis(masks[..., channels], -1, 0)[..., None]   # [n, B, H, W, 1]
+    xs = (x * m + baseline * (1 - m)).reshape(n * b, *x.shape[1:])
+    probs = jax.nn.softmax(classifier.apply(xs)[0]).reshape(n, b, -1)
+    return jnp.einsum("nbk,cbk->ncb", probs, t.cotangents)
+
+  weights = _stack_chunks(scores, c, chunk_size)           # [c, C', B]
+  cam = jax.nn.relu(jnp.einsum("kcb,bhwk->cbhw", weights, acts))
+  return core.finish(_resize(cam, x, resize, resize_method), t)
+
+
+def _stack_chunks(fn, n: int, chunk_size: int) -> jax.Array:
+  """``fn(arange(n))`` evaluated ``chunk_size`` items at a time."""
+  core.check_positive("chunk_size", chunk_size)
+  chunk = min(int(chunk_size), n)
+  pad = (-n) % chunk
+  idx = jnp.concatenate([jnp.arange(n), jnp.zeros((pad,), jnp.int32)])
+  out = jax.lax.map(fn, idx.reshape(-1, chunk))
+  return out.reshape(-1, *out.shape[2:])[:n]
+
+
+def lafam(classifier: Classifier, x: jax.Array, targets=None, *, layer: str,
+          resize: bool = True, resize_method: str = "nearest") -> jax.Array:
+  """LaFAM: the label-free, min-max normalised channel mean of a layer.
+
+  .. math:: L = \\frac{\\bar A - \\min \\bar A}{\\max \\bar A - \\min \\bar A
+     + 10^{-8}}, \\quad \\bar A = \\frac{1}{c} \\sum_k A^k
+
+  Normalised per map, then upsampled with nearest interpolation (the paper's
+  order and method). No ReLU is added (take ``layer`` after an activation, as
+  the paper's ResNet-50 ``layer4``). Label-free: ``targets`` only decide the
+  output shape (``[B, C']`` targets repeat the map per class).
+
+  References:
+    Karjauv et al., "LaFAM: Unsupervised Feature Attribution with
+    Label-free Activation Maps", 2024 (paper 002).
+  """
+  x = jnp.asarray(x)
+  core.check_finite_images(x)
+  core.check_layer(classifier, layer)
+  mean = classifier.apply(x)[1][layer].mean(-1)            # [B, h, w]
+  lo = mean.min(axis=(1, 2), keepdims=True)
+  hi = mean.max(axis=(1, 2), keepdims=True)
+  cam = _resize((mean - lo) / (hi - lo + 1e-8), x, resize, resize_method)
+  if targets is not None:
+    t = core.make_targets(targets, x.shape[0], core.num_classes_of(
+        classifier, x))
+    if t.multi:
+      cam = jnp.repeat(cam[:, None], t.cotangents.shape[0], axis=1)
+  return cam

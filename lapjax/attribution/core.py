@@ -1,0 +1,200 @@
+"""What every attribution method shares: targets, one-pass VJPs, chunking.
+
+Targets come in three forms (DESIGN.md §2):
+
+* ``int [B]``: one class per image; maps ``[B, ...]``.
+* ``int [B, C']``: several classes per image; maps ``[B, C', ...]``. The
+  forward pass runs once and ``jax.vmap`` runs one backward pass per class
+  over the shared VJP; never ``C'`` calls of the method.
+* ``float [B, K]``: an explicit output cotangent (as in Zennit); maps
+  ``[B, ...]``.
+
+Internally a target is a stack of cotangents ``[C', B, K]`` (``C' = 1`` for the
+single forms); ``finish`` moves the class axis back behind the batch axis or
+drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lapjax.classifier import Classifier, check_images
+
+RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos3")
+
+
+class Targets(NamedTuple):
+  """Targets as output cotangents.
+
+  Attributes:
+    cotangents: ``[C', B, K]`` float32.
+    multi: True for ``[B, C']`` integer targets (keep the class axis).
+  """
+  cotangents: jax.Array
+  multi: bool
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_finite_images(x: jax.Array, *, name: str = "x") -> None:
+  """Images must be a float ``[B, H, W, C]`` batch of finite numbers."""
+  check_images(x, name=name)
+  if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    bad = int(jnp.sum(~jnp.isfinite(x)))
+    raise ValueError(f"{name} has {bad} non-finite values (NaN or inf); "
+                     "attributions of such inputs are meaningless")
+
+
+def make_targets(targets, batch: int, num_classes: int) -> Targets:
+  """Validates ``targets`` and turns them into cotangents ``[C', B, K]``."""
+  t = jnp.asarray(targets)
+  if jnp.issubdtype(t.dtype, jnp.integer):
+    if t.ndim not in (1, 2) or t.shape[0] != batch:
+      raise ValueError(
+          f"integer targets must be [B] or [B, C'] with B = {batch}; got "
+          f"shape {t.shape}")
+    if _is_concrete(t) and t.size and (int(t.min()) < 0
+                                       or int(t.max()) >= num_classes):
+      raise ValueError(
+          f"targets must be class indices in [0, {num_classes}); got values "
+          f"in [{int(t.min())}, {int(t.max())}]")
+    one_hot = jax.nn.one_hot(t, num_classes, dtype=jnp.float32)
+    if t.ndim == 1:
+      return Targets(one_hot[None], multi=False)
+    return Targets(jnp.moveaxis(one_hot, 1, 0), multi=True)
+  if jnp.issubdtype(t.dtype, jnp.floating):
+    if t.shape != (batch, num_classes):
+      raise ValueError(
+          f"float targets are output cotangents [B, K] = "
+          f"{(batch, num_classes)}; got shape {t.shape}")
+    return Targets(t.astype(jnp.float32)[None], multi=False)
+  raise ValueError(f"targets must be int [B], int [B, C'] or float [B, K]; "
+                   f"got dtype {t.dtype}")
+
+
+def finish(maps: jax.Array, targets: Targets) -> jax.Array:
+  """``[C', B, ...] -> [B, C', ...]`` (multi) or ``[B, ...]``."""
+  return jnp.moveaxis(maps, 0, 1) if targets.multi else maps[0]
+
+
+def num_classes_of(classifier: Classifier, x: jax.Array) -> int:
+  return jax.eval_shape(classifier.apply, x)[0].shape[-1]
+
+
+def prepare(classifier: Classifier, x, targets) -> tuple[jax.Array, Targets]:
+  """Checks the inputs; returns ``x`` as float32 and the cotangents."""
+  x = jnp.asarray(x)
+  check_finite_images(x)
+  return x, make_targets(targets, x.shape[0], num_classes_of(classifier, x))
+
+
+def input_gradients(classifier: Classifier, x: jax.Array,
+                    cotangents: jax.Array) -> jax.Array:
+  """``d (cot . logits) / d x`` for each cotangent: ``[C', B, H, W, C]``.
+
+  One forward pass; ``vmap`` over the ``C'`` cotangents reuses its VJP.
+  """
+  _, vjp = jax.vjp(lambda x: classifier.apply(x)[0], x)
+  return jax.vmap(lambda c: vjp(c)[0])(cotangents)
+
+
+def layer_gradients(classifier: Classifier, x: jax.Array, layer: str,
+                    cotangents: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Activations and gradients at ``layer`` (via ``deltas``), one forward.
+
+  Returns:
+    ``(activations [B, h, w, c], gradients [C', B, h, w, c], logits [B, K])``.
+  """
+  check_layer(classifier, layer)
+  shapes = jax.eval_shape(classifier.apply, x)[1]
+  zeros = jnp.zeros(shapes[layer].shape, shapes[layer].dtype)
+
+  def run(delta):
+    logits, feats = classifier.apply(x, {layer: delta})
+    return logits, (feats[layer], logits)
+
+  _, vjp, (acts, logits) = jax.vjp(run, zeros, has_aux=True)
+  grads = jax.vmap(lambda c: vjp(c)[0])(cotangents)
+  return acts, grads, logits
+
+
+def check_layer(classifier: Classifier, layer: str) -> None:
+  if layer not in classifier.layers:
+    raise ValueError(f"unknown layer {layer!r}; this classifier taps "
+                     f"{list(classifier.layers)} (build it with "
+                     "from_flax(..., layers=[...]) to tap others)")
+
+
+def check_positive(name: str, value: int) -> None:
+  if int(value) < 1:
+    raise ValueError(f"{name} must be >= 1; got {value}")
+
+
+def reduce_channels(maps: jax.Array, how: str | None) -> jax.Array:
+  """``[..., H, W, C] -> [..., H, W]`` by ``'sum'`` (default: keeps
+  completeness), ``'mean'``, ``'max_abs'``, or None to keep channels."""
+  if how is None:
+    return maps
+  if how == "sum":
+    return maps.sum(-1)
+  if how == "mean":
+    return maps.mean(-1)
+  if how == "max_abs":
+    return jnp.abs(maps).max(-1)
+  raise ValueError(f"channels must be 'sum', 'mean', 'max_abs' or None; got "
+                   f"{how!r}")
+
+
+def resize_maps(maps: jax.Array, size: tuple[int, int] | None,
+                method: str = "bilinear") -> jax.Array:
+  """Resizes the last two axes of ``maps`` to ``size`` (None: unchanged)."""
+  if size is None or tuple(maps.shape[-2:]) == tuple(size):
+    return maps
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"resize method must be one of {RESIZE_METHODS}; got "
+                     f"{method!r}")
+  return jax.image.resize(maps, (*maps.shape[:-2], *size), method=method)
+
+
+def chunked_sum(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
+                weights: jax.Array, chunk_size: int) -> jax.Array:
+  """``sum_i weights[i] * fn(items[i:i+1])`` in chunks of ``chunk_size``.
+
+  ``fn`` maps a chunk of items ``[n, ...]`` to per-item results
+  ``[n, ...out]``. Memory is bounded by one chunk; the items are padded with
+  zero-weight copies of the first to a multiple of ``chunk_size``. A
+  ``lax.scan`` keeps the whole method jittable.
+  """
+  check_positive("chunk_size", chunk_size)
+  n = items.shape[0]
+  chunk = min(int(chunk_size), n)
+  pad = (-n) % chunk
+  if pad:
+    items = jnp.concatenate([items, jnp.repeat(items[:1], pad, 0)])
+    weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
+  items = items.reshape(-1, chunk, *items.shape[1:])
+  weights = weights.reshape(-1, chunk)
+  out_shape = jax.eval_shape(fn, items[0]).shape[1:]
+
+  def body(acc, xs):
+    it, w = xs
+    out = fn(it)
+    return acc + jnp.tensordot(w, out, axes=1), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros(out_shape, jnp.float32),
+                          (items, weights))
+  return total
+
+
+def legendre_nodes(steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """Gauss-Legendre nodes and weights on [0, 1] (weights sum to 1)."""
+  t, w = np.polynomial.legendre.leggauss(steps)
+  return ((t + 1) / 2).astype(np.float32), (w / 2).astype(np.float32)
