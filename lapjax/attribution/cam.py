@@ -119,7 +119,7 @@ def guided_grad_cam(guided: Classifier, x: jax.Array, targets, *,
 
 
 def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
-              baseline: float = 0.0, chunk_size: int = 16,
+              baseline: float = 0.0, chunk_size: int = 64,
               resize: bool = True, resize_method: str = "bilinear"
               ) -> jax.Array:
   """Score-CAM: each channel weighted by the score of the input it masks.
@@ -128,7 +128,8 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   to a mask ``M_k`` in [0, 1]; its weight is the target's softmax
   probability on ``x * M_k + baseline * (1 - M_k)``, and the map is
   ``ReLU(sum_k w_k A^k)``. Needs integer targets (probabilities of a class).
-  Channels run ``chunk_size`` at a time.
+  At most ``chunk_size`` images per forward pass (``max(1, chunk_size //
+  B)`` channels of the whole batch).
 
   References:
     Wang et al., "Score-CAM", CVPR-W 2020.
@@ -152,15 +153,14 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
     probs = jax.nn.softmax(classifier.apply(xs)[0]).reshape(n, b, -1)
     return jnp.einsum("nbk,cbk->ncb", probs, t.cotangents)
 
-  weights = _stack_chunks(scores, c, chunk_size)           # [c, C', B]
+  weights = _stack_chunks(scores, c, core.points_per_pass(chunk_size, b))
   cam = jax.nn.relu(jnp.einsum("kcb,bhwk->cbhw", weights, acts))
   return core.finish(_resize(cam, x, resize, resize_method), t)
 
 
-def _stack_chunks(fn, n: int, chunk_size: int) -> jax.Array:
-  """``fn(arange(n))`` evaluated ``chunk_size`` items at a time."""
-  core.check_positive("chunk_size", chunk_size)
-  chunk = min(int(chunk_size), n)
+def _stack_chunks(fn, n: int, per_pass: int) -> jax.Array:
+  """``fn(arange(n))`` evaluated ``per_pass`` items at a time."""
+  chunk = min(per_pass, n)
   pad = (-n) % chunk
   idx = jnp.concatenate([jnp.arange(n), jnp.zeros((pad,), jnp.int32)])
   out = jax.lax.map(fn, idx.reshape(-1, chunk))

@@ -165,17 +165,16 @@ def resize_maps(maps: jax.Array, size: tuple[int, int] | None,
 
 
 def chunked_sum(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
-                weights: jax.Array, chunk_size: int) -> jax.Array:
-  """``sum_i weights[i] * fn(items[i:i+1])`` in chunks of ``chunk_size``.
+                weights: jax.Array, per_pass: int) -> jax.Array:
+  """``sum_i weights[i] * fn(items[i:i+1])``, ``per_pass`` items at a time.
 
   ``fn`` maps a chunk of items ``[n, ...]`` to per-item results
   ``[n, ...out]``. Memory is bounded by one chunk; the items are padded with
-  zero-weight copies of the first to a multiple of ``chunk_size``. A
+  zero-weight copies of the first to a multiple of ``per_pass``. A
   ``lax.scan`` keeps the whole method jittable.
   """
-  check_positive("chunk_size", chunk_size)
   n = items.shape[0]
-  chunk = min(int(chunk_size), n)
+  chunk = min(int(per_pass), n)
   pad = (-n) % chunk
   if pad:
     items = jnp.concatenate([items, jnp.repeat(items[:1], pad, 0)])
@@ -192,6 +191,17 @@ def chunked_sum(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
   total, _ = jax.lax.scan(body, jnp.zeros(out_shape, jnp.float32),
                           (items, weights))
   return total
+
+
+def points_per_pass(chunk_size: int, batch: int) -> int:
+  """Expansion points (steps, samples, masks, windows) per pass so that one
+  pass holds at most ``chunk_size`` images: ``max(1, chunk_size // B)``.
+
+  ``chunk_size`` counts images, so memory stays bounded at any batch size
+  (a batch larger than ``chunk_size`` runs one point per pass).
+  """
+  check_positive("chunk_size", chunk_size)
+  return max(1, int(chunk_size) // int(batch))
 
 
 def legendre_nodes(steps: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,7 +59,7 @@ def input_x_gradient(classifier: Classifier, x: jax.Array, targets, *,
 def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
                          baseline: jax.Array | float = 0.0, steps: int = 50,
                          method: str = "riemann_trapezoid",
-                         chunk_size: int = 16,
+                         chunk_size: int = 64,
                          channels: str | None = "sum") -> jax.Array:
   """Integrated gradients along the straight path from ``baseline`` to ``x``.
 
@@ -78,8 +78,8 @@ def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
     method: ``'riemann_trapezoid'`` (``steps`` equally spaced points with both
       end points, trapezoid weights) or ``'gauss_legendre'`` (Captum's
       default).
-    chunk_size: path points per backward pass (memory bound:
-      ``chunk_size * B`` images).
+    chunk_size: images per backward pass (memory bound); each pass takes
+      ``max(1, chunk_size // B)`` path points for the whole batch.
     channels: channel reduction.
 
   Returns:
@@ -114,21 +114,23 @@ def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
     return jnp.moveaxis(g.reshape(g.shape[0], n, *x.shape), 1, 0)
 
   mean_grad = core.chunked_sum(grads_at, jnp.asarray(alphas),
-                               jnp.asarray(weights), chunk_size)
+                               jnp.asarray(weights),
+                               core.points_per_pass(chunk_size, b))
   return core.finish(core.reduce_channels((x - baseline) * mean_grad,
                                           channels), t)
 
 
 def smoothgrad(classifier: Classifier, x: jax.Array, targets, *,
                key: jax.Array, samples: int = 50, noise_level: float = 0.15,
-               chunk_size: int = 16,
+               chunk_size: int = 64,
                channels: str | None = "sum") -> jax.Array:
   """SmoothGrad: the gradient averaged over noisy copies of the input.
 
   Noise is Gaussian with standard deviation ``noise_level * (max(x) -
   min(x))`` per image. Sample ``i`` draws one ``[H, W, C]`` noise image from
   ``jax.random.fold_in(key, i)``, shared by the batch (scaled per image), so
-  an image's map depends neither on the other images nor on ``chunk_size``.
+  an image's map depends neither on the other images nor on ``chunk_size``
+  (images per backward pass, as for ``integrated_gradients``).
 
   References:
     Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017.
@@ -152,7 +154,7 @@ def smoothgrad(classifier: Classifier, x: jax.Array, targets, *,
 
   mean_grad = core.chunked_sum(grads_at, jnp.arange(samples),
                                jnp.full((samples,), 1.0 / samples),
-                               chunk_size)
+                               core.points_per_pass(chunk_size, b))
   return core.finish(core.reduce_channels(mean_grad, channels), t)
 
 

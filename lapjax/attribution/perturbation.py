@@ -1,7 +1,9 @@
 """Perturbation attributions: occlusion, RISE, and RELAX for embeddings.
 
-Each evaluates the model on many perturbed copies of the batch, ``chunk_size``
-copies at a time inside a ``lax.scan`` (memory: ``chunk_size * B`` images).
+Each evaluates the model on many perturbed copies of the batch inside a
+``lax.scan``, at most ``chunk_size`` images per forward pass (``max(1,
+chunk_size // B)`` perturbations of the whole batch), so memory is bounded at
+any batch size.
 Masks are shared by all images of a batch, so an image's map does not depend
 on the other images; mask ``i`` is drawn from ``fold_in(key, i)``, so maps do
 not depend on ``chunk_size`` either.
@@ -52,7 +54,7 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
     stride: step between window positions.
     fill: value written into the window, in the model's input space.
     score: ``'logit'`` or ``'prob'``.
-    chunk_size: window positions per forward pass.
+    chunk_size: images per forward pass.
 
   Returns:
     ``[B, H, W]`` (or ``[B, C', H, W]``), signed.
@@ -90,7 +92,8 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
     d = base[:, None] - s                                       # [C', n, B]
     return jnp.einsum("cnb,nhw->ncbhw", d, m)
 
-  total = core.chunked_sum(drops, pos, jnp.ones(len(pos)), chunk_size)
+  total = core.chunked_sum(drops, pos, jnp.ones(len(pos)),
+                           core.points_per_pass(chunk_size, b))
   coverage = jax.vmap(window_mask)(pos).sum(0)
   return core.finish(total / coverage, t)
 
@@ -151,7 +154,8 @@ def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
     return jnp.concatenate([ones, contrib], axis=1)
 
   total = core.chunked_sum(weighted, jnp.arange(num_masks),
-                           jnp.ones(num_masks), chunk_size)
+                           jnp.ones(num_masks),
+                           core.points_per_pass(chunk_size, b))
   mask_sum, sal = total[0], total[1:]
   if normalization == "paper":
     sal = sal / (num_masks * p)
@@ -204,7 +208,8 @@ def relax(classifier: Classifier, x: jax.Array, targets=None, *,
     return jnp.stack([mb, s[:, :, None, None] * mb], axis=1)
 
   total = core.chunked_sum(weighted, jnp.arange(num_masks),
-                           jnp.ones(num_masks), chunk_size)
+                           jnp.ones(num_masks),
+                           core.points_per_pass(chunk_size, b))
   sal = total[1] / (total[0] + 1e-10)
   if targets is not None:
     t = core.make_targets(targets, b, core.num_classes_of(classifier, x))

@@ -1,11 +1,18 @@
-"""Metrics: pure functions of predictions, maps and masks."""
+"""Metrics: pure functions of predictions, maps and masks (per example)."""
 
-from lapjax.metrics.classification import (
-                                           balanced_accuracy,
+from lapjax.metrics.classification import (balanced_accuracy,
                                            classification_summary,
-                                           confusion_matrix,
-                                           f1_scores,
-)
+                                           confusion_matrix, f1_scores)
+from lapjax.metrics.complexity import sparseness
+from lapjax.metrics.localization import (f1, iou, nan_summary,
+                                         pointing_game, region_attribution,
+                                         relevance_mass_accuracy,
+                                         relevance_rank_accuracy, roc_auc,
+                                         top_k_intersection)
 
-__all__ = ["balanced_accuracy", "classification_summary", "confusion_matrix",
-           "f1_scores"]
+__all__ = [
+    "balanced_accuracy", "classification_summary", "confusion_matrix", "f1",
+    "f1_scores", "iou", "nan_summary", "pointing_game", "region_attribution",
+    "relevance_mass_accuracy", "relevance_rank_accuracy", "roc_auc",
+    "sparseness", "top_k_intersection",
+]

@@ -1,0 +1,166 @@
+r"""Attribution speed: Attribution Lens overhead, batching, IG memory.
+
+  python benchmarks/attribution.py [--batch 64] [--reps 5]
+
+The default SmallCNN (random weights; speed does not depend on them) at
+64x64. Every ratio is measured in this one run, jitted functions, compile
+excluded, median of ``--reps``. Prints JSON lines:
+
+* ``lens``: Attribution Lens with C' = 4 over Grad-CAM and input x gradient,
+  against one call of the base method with one target, and against a loop of
+  4 single-target calls.
+* ``batching``: per-image time of each method on a batch vs image by image
+  (batch-1 calls of the same jitted function) on ``--single`` images.
+* ``ig_memory``: XLA's temporary buffer size of the compiled integrated
+  gradients (chunk 16) for 50 and 200 steps: chunking bounds memory by
+  ``chunk_size * B`` images whatever the number of steps.
+* ``chunking``: integrated gradients with the library's ``lax.scan`` over
+  chunks vs a host loop over one jitted chunk (DESIGN.md §3).
+"""
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from lapjax import attribution as attr  # noqa: E402
+from lapjax import from_flax  # noqa: E402
+from lapjax.attribution import core  # noqa: E402
+from lapjax.models import SmallCNN  # noqa: E402
+
+
+def timed(f, *args, reps):
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--single", type=int, default=8)
+  parser.add_argument("--reps", type=int, default=5)
+  args = parser.parse_args()
+  model = SmallCNN(4, widths=(16, 32, 64, 128))
+  x = jax.random.uniform(jax.random.key(0), (args.batch, 64, 64, 3))
+  v = model.init(jax.random.key(1), x[:1])
+  clf = from_flax(model, v, layers=["block4"])
+  guided = attr.guided_classifier(model, v, layers=["block4"])
+  t1 = jnp.arange(args.batch) % 4
+  t4 = jnp.tile(jnp.arange(4), (args.batch, 1))
+  key = jax.random.key(2)
+
+  # Attribution Lens overhead.
+  for name, method, kw in (("grad_cam", attr.grad_cam, {"layer": "block4"}),
+                           ("input_x_gradient", attr.input_x_gradient, {})):
+    one = jax.jit(functools.partial(method, clf, **kw))
+    lens = jax.jit(functools.partial(attr.attribution_lens, method, clf,
+                                     **kw))
+    base = timed(one, x, t1, reps=args.reps)
+    with_lens = timed(lens, x, t4, reps=args.reps)
+
+    def loop(x, t4, one=one):
+      return [one(x, t4[:, j]) for j in range(4)]
+
+    looped = timed(loop, x, t4, reps=args.reps)
+    print(json.dumps({"benchmark": "lens", "method": name,
+                      "batch": args.batch, "classes": 4,
+                      "base_s": round(base, 4), "lens_s": round(with_lens, 4),
+                      "lens_over_base": round(with_lens / base, 2),
+                      "loop_over_base": round(looped / base, 2)}),
+          flush=True)
+
+  # Batch vs image by image.
+  methods = {
+      "gradient": (attr.gradient, clf, {}),
+      "input_x_gradient": (attr.input_x_gradient, clf, {}),
+      "integrated_gradients": (attr.integrated_gradients, clf,
+                               {"steps": 16, "chunk_size": 16}),
+      "smoothgrad": (attr.smoothgrad, clf, {"key": key, "samples": 16}),
+      "guided_backprop": (attr.guided_backprop, guided, {}),
+      "grad_cam": (attr.grad_cam, clf, {"layer": "block4"}),
+      "grad_cam_plus_plus": (attr.grad_cam_plus_plus, clf,
+                             {"layer": "block4"}),
+      "layer_cam": (attr.layer_cam, clf, {"layer": "block4"}),
+      "guided_grad_cam": (attr.guided_grad_cam, guided, {"layer": "block4"}),
+      "score_cam": (attr.score_cam, clf, {"layer": "block4",
+                                          "chunk_size": 32}),
+      "occlusion": (attr.occlusion, clf, {"window": (8, 8),
+                                          "stride": (8, 8)}),
+      "rise": (attr.rise, clf, {"key": key, "num_masks": 256}),
+      "lafam": (attr.lafam, clf, {"layer": "block4"}),
+      "relax": (attr.relax, clf, {"layer": "block4", "key": key,
+                                  "num_masks": 256}),
+  }
+  for name, (method, c, kw) in methods.items():
+    f = jax.jit(functools.partial(method, c, **kw))
+    batched = timed(f, x, t1, reps=max(1, args.reps // 2)) / args.batch
+    xs, ts = x[:args.single], t1[:args.single]
+
+    def singles(xs, ts, f=f):
+      return [f(xs[i:i + 1], ts[i:i + 1]) for i in range(len(xs))]
+
+    single = timed(singles, xs, ts, reps=max(1, args.reps // 2)) / len(xs)
+    print(json.dumps({"benchmark": "batching", "method": name,
+                      "batch": args.batch, "options": {
+                          k: v for k, v in kw.items() if k != "key"},
+                      "per_image_batched_ms": round(1e3 * batched, 2),
+                      "per_image_single_ms": round(1e3 * single, 2),
+                      "speedup": round(single / batched, 2)}), flush=True)
+
+  # Integrated gradients: memory does not grow with steps.
+  for steps in (50, 200):
+    f = jax.jit(functools.partial(attr.integrated_gradients, clf, steps=steps,
+                                  chunk_size=16))
+    mem = f.lower(x, t1).compile().memory_analysis()
+    print(json.dumps({"benchmark": "ig_memory", "batch": args.batch,
+                      "steps": steps, "chunk_size": 16,
+                      "temp_mib": round(mem.temp_size_in_bytes / 2**20, 1),
+                      "all_steps_at_once_input_mib": round(
+                          steps * x.size * 4 / 2**20, 1)}), flush=True)
+
+  # lax.scan over chunks vs a host loop over one jitted chunk.
+  steps, chunk = 48, 16
+  scan = jax.jit(functools.partial(attr.integrated_gradients, clf,
+                                   steps=steps, chunk_size=chunk))
+  alphas = jnp.linspace(0, 1, steps)
+  t = core.make_targets(t1, args.batch, 4)
+
+  @jax.jit
+  def chunk_grads(alpha_chunk, x):
+    n = alpha_chunk.shape[0]
+    xs = alpha_chunk[:, None, None, None, None] * x
+    g = core.input_gradients(clf, xs.reshape(n * args.batch, *x.shape[1:]),
+                             jnp.tile(t.cotangents, (1, n, 1)))
+    return g.reshape(n, args.batch, *x.shape[1:]).sum(0)
+
+  def host_loop(x):
+    total = sum(chunk_grads(alphas[i:i + chunk], x)
+                for i in range(0, steps, chunk))
+    return (x * total / steps).sum(-1)
+
+  s_scan = timed(scan, x, t1, reps=args.reps)
+  s_host = timed(host_loop, x, reps=args.reps)
+  print(json.dumps({"benchmark": "chunking", "method": "integrated_gradients",
+                    "batch": args.batch, "steps": steps, "chunk_size": chunk,
+                    "lax_scan_s": round(s_scan, 3),
+                    "host_loop_s": round(s_host, 3),
+                    "scan_over_host": round(s_scan / s_host, 2)}),
+        flush=True)
+
+
+if __name__ == "__main__":
+  main()

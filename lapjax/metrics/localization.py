@@ -1,0 +1,222 @@
+"""Localisation metrics: does an attribution map point at the evidence?
+
+Pure, jittable functions of maps ``[B, H, W]`` and ground-truth masks
+``[B, H, W] bool``, returning per-example values ``[B]``, higher is better,
+NaN where undefined (empty mask, map with no information); aggregate with
+``nan_summary``, which counts the NaNs. Sign handling is an explicit
+argument of every metric that sums relevance (``sign='positive'`` by
+default: negative relevance outside the mask must not raise a score).
+
+Conventions (PITFALLS.md 1-7): ties in rankings are broken by a stable sort
+(lower flat index first), never at random; a constant map has no maximum or
+ranking and scores NaN in the pointing game, relevance rank accuracy and
+top-k intersection; boxes and masks follow ``lapjax.data.boxes``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lapjax.attribution import postprocess
+
+
+def _check(maps, masks):
+  maps, masks = jnp.asarray(maps), jnp.asarray(masks)
+  if maps.ndim != 3 or maps.shape != masks.shape:
+    raise ValueError(f"maps and masks must both be [B, H, W]; got "
+                     f"{maps.shape} and {masks.shape}")
+  if masks.dtype != jnp.bool_:
+    raise ValueError(f"masks must be bool; got {masks.dtype}")
+  return maps.astype(jnp.float32), masks
+
+
+def _signed(maps, sign: str):
+  if sign == "positive":
+    return jax.nn.relu(maps)
+  if sign == "abs":
+    return jnp.abs(maps)
+  if sign == "all":
+    return maps
+  raise ValueError(f"sign must be 'positive', 'abs' or 'all'; got {sign!r}")
+
+
+def _constant(maps):
+  return maps.max(axis=(1, 2)) == maps.min(axis=(1, 2))
+
+
+def _dilate(masks, radius: float):
+  """Pixels within Euclidean ``radius`` of a mask pixel."""
+  r = int(np.floor(radius))
+  if r <= 0:
+    return masks
+  yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+  disc = jnp.asarray((yy**2 + xx**2 <= radius**2).astype(np.float32))
+  hit = jax.lax.conv_general_dilated(
+      masks.astype(jnp.float32)[:, None], disc[None, None], (1, 1),
+      [(r, r), (r, r)])[:, 0]
+  return hit > 0
+
+
+def pointing_game(maps, masks, *, tolerance: float = 0.0) -> jax.Array:
+  """1 if the map's maximum lies on the mask (within ``tolerance`` px).
+
+  Every pixel tied for the maximum must lie within ``tolerance`` pixels
+  (Euclidean) of the mask for a hit, so ties never hit by construction.
+  Higher is better. NaN for an empty mask or a constant map.
+
+  References:
+    Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV
+    2016 (tolerance 15 px).
+  """
+  maps, masks = _check(maps, masks)
+  near = _dilate(masks, tolerance)
+  is_max = maps == maps.max(axis=(1, 2), keepdims=True)
+  hit = jnp.all(~is_max | near, axis=(1, 2)).astype(jnp.float32)
+  undefined = ~masks.any(axis=(1, 2)) | _constant(maps)
+  return jnp.where(undefined, jnp.nan, hit)
+
+
+def relevance_mass_accuracy(maps, masks, *,
+                            sign: str = "positive") -> jax.Array:
+  """Share of the relevance that falls in the mask, in [0, 1] for
+  non-negative relevance. Higher is better. NaN for an empty mask or no
+  relevance. ``sign='all'`` is Arras et al.'s literal formula, which
+  negative relevance outside the mask can inflate.
+
+  References:
+    Arras et al., "CLEVR-XAI", Information Fusion 2022.
+  """
+  maps, masks = _check(maps, masks)
+  r = _signed(maps, sign)
+  total = r.sum(axis=(1, 2))
+  inside = jnp.where(masks, r, 0).sum(axis=(1, 2))
+  ok = masks.any(axis=(1, 2)) & (total != 0)
+  return jnp.where(ok, inside / jnp.where(ok, total, 1.0), jnp.nan)
+
+
+def _top_k_inside(maps, masks, k):
+  """Share of the ``k [B]`` highest pixels (stable order) inside the mask."""
+  b, h, w = maps.shape
+  order = jnp.argsort(-maps.reshape(b, -1), axis=-1, stable=True)
+  ranked = jnp.take_along_axis(masks.reshape(b, -1), order, axis=-1)
+  in_top = jnp.arange(h * w)[None] < k[:, None]
+  return (ranked & in_top).sum(-1) / jnp.maximum(k, 1)
+
+
+def relevance_rank_accuracy(maps, masks) -> jax.Array:
+  """Share of the ``|mask|`` highest-ranked pixels that are in the mask.
+
+  Higher is better. NaN for an empty mask or a constant map.
+
+  References:
+    Arras et al., "CLEVR-XAI", Information Fusion 2022.
+  """
+  maps, masks = _check(maps, masks)
+  k = masks.sum(axis=(1, 2))
+  out = _top_k_inside(maps, masks, k)
+  return jnp.where((k == 0) | _constant(maps), jnp.nan, out)
+
+
+def top_k_intersection(maps, masks, *, k: int = 1000) -> jax.Array:
+  """Share of the ``k`` highest pixels that are in the mask (``k`` capped at
+  ``H * W``). Higher is better. NaN for an empty mask or a constant map.
+
+  References:
+    Theiner et al., "Interpretable Semantic Photo Geolocation", WACV 2022.
+  """
+  maps, masks = _check(maps, masks)
+  kk = jnp.full(maps.shape[:1], min(int(k), maps.shape[1] * maps.shape[2]))
+  out = _top_k_inside(maps, masks, kk)
+  return jnp.where(~masks.any(axis=(1, 2)) | _constant(maps), jnp.nan, out)
+
+
+def roc_auc(maps, masks) -> jax.Array:
+  """Area under the ROC curve of the map's pixel scores against the mask.
+
+  The Mann-Whitney statistic: the probability that a random mask pixel
+  scores above a random non-mask pixel, ties counting 1/2 (average ranks).
+  0.5 is chance, higher is better. NaN for an empty or full mask.
+  """
+  maps, masks = _check(maps, masks)
+  b = maps.shape[0]
+  flat, lab = maps.reshape(b, -1), masks.reshape(b, -1)
+  n = flat.shape[1]
+  order = jnp.argsort(flat, axis=-1, stable=True)
+  sorted_vals = jnp.take_along_axis(flat, order, axis=-1)
+
+  def avg_ranks(v):   # 1-based average rank of each run of equal values
+    first = jnp.searchsorted(v, v, side="left")
+    last = jnp.searchsorted(v, v, side="right")
+    return (first + last + 1) / 2.0
+
+  ranks_sorted = jax.vmap(avg_ranks)(sorted_vals)
+  ranks = jnp.zeros_like(ranks_sorted).at[
+      jnp.arange(b)[:, None], order].set(ranks_sorted)
+  n_pos = lab.sum(-1).astype(jnp.float32)
+  n_neg = n - n_pos
+  u = jnp.where(lab, ranks, 0).sum(-1) - n_pos * (n_pos + 1) / 2
+  ok = (n_pos > 0) & (n_neg > 0)
+  return jnp.where(ok, u / jnp.where(ok, n_pos * n_neg, 1.0), jnp.nan)
+
+
+def iou(binary_maps, masks) -> jax.Array:
+  """Intersection over union of binarised maps with the masks.
+
+  Binarise first with ``lapjax.attribution.postprocess`` (top-k, mean +
+  std, threshold): the binarisation is part of the result and must be
+  reported. Higher is better. NaN when both are empty.
+  """
+  a, m = _check_binary(binary_maps, masks)
+  inter = (a & m).sum(axis=(1, 2))
+  union = (a | m).sum(axis=(1, 2))
+  return jnp.where(union > 0, inter / jnp.maximum(union, 1), jnp.nan)
+
+
+def f1(binary_maps, masks) -> jax.Array:
+  """F1 (Dice) of binarised maps with the masks: ``2|A n M| / (|A| + |M|)``.
+
+  Higher is better. NaN when both are empty.
+  """
+  a, m = _check_binary(binary_maps, masks)
+  inter = (a & m).sum(axis=(1, 2))
+  denom = a.sum(axis=(1, 2)) + m.sum(axis=(1, 2))
+  return jnp.where(denom > 0, 2 * inter / jnp.maximum(denom, 1), jnp.nan)
+
+
+def _check_binary(a, m):
+  a, m = jnp.asarray(a), jnp.asarray(m)
+  if a.dtype != jnp.bool_ or m.dtype != jnp.bool_:
+    raise ValueError(f"iou / f1 take bool maps and masks (binarise first); "
+                     f"got {a.dtype} and {m.dtype}")
+  if a.ndim != 3 or a.shape != m.shape:
+    raise ValueError(f"maps and masks must both be [B, H, W]; got {a.shape} "
+                     f"and {m.shape}")
+  return a, m
+
+
+def region_attribution(maps, masks, *, blur_sigma: float | None = 2.0,
+                       kernel_size: int = 11) -> jax.Array:
+  """Region attribution (RA) of paper 003, App. B.1.1.
+
+  The positive part of the map, Gaussian-blurred (11 x 11, sigma 2, so
+  diffuse maps are not rewarded; ``blur_sigma=None`` skips the blur), then
+  the share of its mass inside the region. Higher is better. NaN for an
+  empty region or no positive relevance.
+  """
+  maps, masks = _check(maps, masks)
+  r = jax.nn.relu(maps)
+  if blur_sigma is not None:
+    r = postprocess.gaussian_blur(r, sigma=blur_sigma,
+                                  kernel_size=kernel_size)
+  return relevance_mass_accuracy(r, masks, sign="all")
+
+
+def nan_summary(values) -> dict[str, float | int]:
+  """Mean, std and count over the defined values, plus the NaN count."""
+  v = np.asarray(values, np.float64).reshape(-1)
+  ok = v[~np.isnan(v)]
+  return {"mean": float(ok.mean()) if ok.size else float("nan"),
+          "std": float(ok.std()) if ok.size else float("nan"),
+          "n": int(ok.size), "nan": int(v.size - ok.size)}
