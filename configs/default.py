@@ -51,10 +51,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 4
     c.optimizer.warmup_steps = 2
     c.eval_batch_size = 32
+    c.evaluation.layer = "block2"
+    c.evaluation.num_images = 16
+    c.evaluation.figure_images = 3
+    c.evaluation.ig_steps = 4
+    c.evaluation.rise_masks = 16
+    c.evaluation.smoothgrad_samples = 2
+    c.evaluation.sanity_images = 4
   elif arg == "resnet18":
     c.model.name = "resnet18"
     c.model.kwargs = ml_collections.ConfigDict(
         {"small_inputs": True, "width": 32})
+    c.evaluation.layer = "stage4"
   elif arg is not None:
     raise ValueError(f"unknown config variant {arg!r}; use 'tiny' or "
                      "'resnet18'")

@@ -57,3 +57,57 @@ def sample_grid(batch: dict[str, np.ndarray], titles: Sequence[str],
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def explanation_grid(images: np.ndarray, masks: np.ndarray,
+                     maps: dict[str, np.ndarray], titles: Sequence[str],
+                     path: str) -> None:
+  """Rows: images; columns: input, ground truth, one overlay per method.
+
+  Overlays show each map's positive part scaled to its own maximum (display
+  only; the metrics use the raw maps).
+  """
+  n = len(images)
+  names = list(maps)
+  cols = 2 + len(names)
+  fig, axes = plt.subplots(n, cols, figsize=(1.5 * cols, 1.6 * n),
+                           squeeze=False)
+  for i in range(n):
+    _show(axes[i, 0], images[i], None, None, None)
+    axes[i, 0].set_ylabel(titles[i], fontsize=6)
+    _show(axes[i, 1], images[i], masks[i], None, None)
+    for j, name in enumerate(names):
+      m = np.maximum(np.asarray(maps[name][i]), 0)
+      m = m / m.max() if m.max() > 0 else m
+      ax = axes[i, 2 + j]
+      ax.imshow(np.clip(images[i], 0, 1).mean(-1), cmap="gray",
+                interpolation="nearest")
+      ax.imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+  for j, title in enumerate(["input", "ground truth"] + names):
+    axes[0, j].set_title(title, fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def sanity_curves(results: dict[str, dict], path: str,
+                  similarity: str = "spearman") -> None:
+  """Mean similarity to the trained model's maps per randomisation step."""
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  layers = None
+  for name, r in results.items():
+    s = np.asarray(r["similarity"][similarity])
+    ax.plot(np.arange(len(s)), np.nanmean(s, axis=1), marker="o", label=name)
+    layers = r["layers"]
+  ax.set_xticks(range(len(layers) + 1))
+  ax.set_xticklabels(["trained"] + list(layers), rotation=30, fontsize=7)
+  ax.set_ylabel(f"{similarity} to trained maps")
+  ax.set_xlabel("randomised cumulatively, output to input")
+  ax.axhline(0, color="gray", linewidth=0.5)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

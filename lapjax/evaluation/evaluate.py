@@ -1,8 +1,12 @@
 """``evaluate(config, workdir)``: the report of a trained run.
 
 Loads the newest checkpoint of ``workdir``, predicts the test split and
-writes ``report.json``, ``report.md`` and ``predictions.png`` (sample test
-images with their ground-truth outlines, true and predicted class).
+writes ``report.json``, ``report.md`` and figures: ``predictions.png``
+(sample test images with their ground-truth outlines, true and predicted
+class); where the data has evidence masks, every method of
+``config.evaluation.methods`` scored by every localisation metric,
+``explanations.png`` (input, ground truth, one overlay per method) and
+``sanity.png`` (cascading randomisation curves).
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
-from lapjax import viz
+from lapjax import attribution as attr
+from lapjax import from_flax, viz
 from lapjax.data import sources
+from lapjax.evaluation import explanations
+from lapjax.evaluation.methods import standard_methods
 from lapjax.evaluation.report import write_report
-from lapjax.metrics import classification_summary
+from lapjax.metrics import classification_summary, nan_summary
+from lapjax.metrics.sanity import cascading_randomization
 from lapjax.train.loop import load_state, predict
 
 NUM_FIGURE_IMAGES = 24
@@ -67,5 +76,63 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
             for t, p in zip(batch["label"], predicted)]
   viz.sample_grid(batch, titles, os.path.join(workdir, figure))
   report["figures"] = [figure]
+  if "mask" in batch:
+    report.update(_explanation_report(config, model, state, source, workdir))
+    report["figures"] += ["explanations.png", "sanity.png"]
   write_report(workdir, report)
   return report
+
+
+def _explanation_report(config, model, state, source, workdir
+                        ) -> dict[str, Any]:
+  """Methods x localisation metrics, the figure grid and sanity curves."""
+  e = config.evaluation
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  clf = from_flax(model, variables, layers=[e.layer])
+  guided = attr.guided_classifier(model, variables, layers=[e.layer])
+  n = min(e.num_images, source.num_examples)
+  batch = source.get(np.arange(n))
+  key = jax.random.key(e.seed)
+  table = standard_methods(e.layer, key=key,
+                           image_size=batch["image"].shape[1],
+                           ig_steps=e.ig_steps, rise_masks=e.rise_masks,
+                           smoothgrad_samples=e.smoothgrad_samples)
+  unknown = [m for m in e.methods if m not in table]
+  if unknown:
+    raise ValueError(f"unknown config.evaluation.methods {unknown}; "
+                     f"available: {sorted(table)}")
+  methods = {m: table[m] for m in e.methods}
+  maps = explanations.explain(clf, guided, batch["image"], batch["label"],
+                              methods)
+  scores = {name: {metric: nan_summary(v) for metric, v in
+                   explanations.localization_scores(m, batch["mask"]).items()}
+            for name, m in maps.items()}
+  shown = np.flatnonzero(batch["label"] > 0)[:e.figure_images]
+  names = source_names(config)
+  viz.explanation_grid(batch["image"][shown], batch["mask"][shown],
+                       {k: v[shown] for k, v in maps.items()},
+                       [names[y] for y in batch["label"][shown]],
+                       os.path.join(workdir, "explanations.png"))
+  sanity = {}
+  k = min(e.sanity_images, n)
+  for name in e.sanity_methods:
+    m = table[name]
+    module = model.clone(act=attr.guided_relu) if m.guided else model
+    r = cascading_randomization(
+        module, variables, batch["image"][:k], batch["label"][:k], m.fn,
+        key=jax.random.fold_in(key, 1), classifier_layers=[e.layer],
+        **m.kwargs)
+    sanity[name] = {"layers": r["layers"], "config": r["config"],
+                    **{s: np.nanmean(np.asarray(v), axis=1).tolist()
+                       for s, v in r["similarity"].items()},
+                    "similarity": r["similarity"]}
+  viz.sanity_curves(sanity, os.path.join(workdir, "sanity.png"))
+  for v in sanity.values():
+    del v["similarity"]
+  return {"explanations": {"n_images": int(n), "targets": "true class",
+                           "scores": scores},
+          "sanity": sanity}
+
+
+def source_names(config) -> list[str]:
+  return sources.data_info(config.data)["class_names"]

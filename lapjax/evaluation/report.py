@@ -26,10 +26,38 @@ def _markdown(report: dict[str, Any]) -> str:
             "|---" * (len(names) + 1) + "|"]
   for name, row in zip(names, c["confusion_matrix"]):
     lines.append(f"| **{name}** | " + " | ".join(map(str, row)) + " |")
+  if "explanations" in report:
+    lines += _explanation_tables(report)
   figures = report.get("figures", [])
   if figures:
     lines += ["", *[f"![{f}]({f})" for f in figures]]
   return "\n".join(lines) + "\n"
+
+
+def _explanation_tables(report: dict[str, Any]) -> list[str]:
+  ex = report["explanations"]
+  scores = ex["scores"]
+  metric_names = list(next(iter(scores.values())))
+  lines = ["", f"## Explanations ({ex['n_images']} test images, maps for "
+           f"the {ex['targets']})", "",
+           "Mean ± std over images where defined; n = defined values, NaN = "
+           "undefined (empty masks, constant maps).", "",
+           "| method | " + " | ".join(metric_names) + " |",
+           "|---" * (len(metric_names) + 1) + "|"]
+  for method, per_metric in scores.items():
+    cells = [f"{s['mean']:.3f} ± {s['std']:.3f} (n={s['n']}, NaN={s['nan']})"
+             for s in per_metric.values()]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  sanity = report.get("sanity", {})
+  if sanity:
+    first = next(iter(sanity.values()))
+    lines += ["", "## Cascading randomisation (Spearman to trained maps)", "",
+              "| method | " + " | ".join(["trained"] + first["layers"]) + " |",
+              "|---" * (len(first["layers"]) + 2) + "|"]
+    for method, r in sanity.items():
+      lines.append(f"| {method} | " + " | ".join(
+          f"{v:.3f}" for v in r["spearman"]) + " |")
+  return lines
 
 
 def write_report(workdir: str, report: dict[str, Any]) -> tuple[str, str]:

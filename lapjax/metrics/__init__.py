@@ -1,14 +1,23 @@
 """Metrics: pure functions of predictions, maps and masks (per example)."""
 
-from lapjax.metrics.classification import (balanced_accuracy,
+from lapjax.metrics.classification import (
+                                           balanced_accuracy,
                                            classification_summary,
-                                           confusion_matrix, f1_scores)
+                                           confusion_matrix,
+                                           f1_scores,
+)
 from lapjax.metrics.complexity import sparseness
-from lapjax.metrics.localization import (f1, iou, nan_summary,
-                                         pointing_game, region_attribution,
-                                         relevance_mass_accuracy,
-                                         relevance_rank_accuracy, roc_auc,
-                                         top_k_intersection)
+from lapjax.metrics.localization import (
+                                           f1,
+                                           iou,
+                                           nan_summary,
+                                           pointing_game,
+                                           region_attribution,
+                                           relevance_mass_accuracy,
+                                           relevance_rank_accuracy,
+                                           roc_auc,
+                                           top_k_intersection,
+)
 
 __all__ = [
     "balanced_accuracy", "classification_summary", "confusion_matrix", "f1",

@@ -53,6 +53,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500      # steps between Orbax checkpoints (+ at end)
   c.eval_batch_size = 250       # evaluation batch (padded, masked)
   c.multihost = False           # call jax.distributed.initialize() first
+
+  c.evaluation = ml_collections.ConfigDict()   # evaluate.py's explanations
+  c.evaluation.layer = "block4"       # CAM / LaFAM layer (the last block)
+  c.evaluation.methods = (            # names in evaluation/methods.py
+      "gradient", "input_x_gradient", "integrated_gradients", "smoothgrad",
+      "guided_backprop", "grad_cam", "grad_cam_plus_plus", "layer_cam",
+      "guided_grad_cam", "score_cam", "occlusion", "rise", "lafam")
+  c.evaluation.num_images = 128       # test images explained and scored
+  c.evaluation.figure_images = 6      # rows of explanations.png
+  c.evaluation.ig_steps = 32          # integrated gradients path points
+  c.evaluation.rise_masks = 500       # RISE masks
+  c.evaluation.smoothgrad_samples = 16
+  c.evaluation.sanity_methods = ("gradient", "grad_cam", "guided_backprop")
+  c.evaluation.sanity_images = 16     # images of the randomisation check
+  c.evaluation.seed = 0               # keys of the stochastic methods
   return c
 
 

@@ -262,8 +262,11 @@ def load_state(config: ml_collections.ConfigDict, workdir: str
   model = create_model(config.model.name, num_classes=info["num_classes"],
                        **config.model.kwargs)
   tx, _ = make_optimizer(config)
-  like = jax.eval_shape(lambda: create_train_state(
-      model, tx, jax.random.key(config.seed), info["image_shape"]))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  like = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+      jax.eval_shape(lambda: create_train_state(
+          model, tx, jax.random.key(config.seed), info["image_shape"])))
   manager = checkpoint.checkpoint_manager(
       workdir, save_every=config.checkpoint_every)
   state = checkpoint.restore(manager, like, step)

@@ -19,7 +19,10 @@ from jax.sharding import PartitionSpec as P
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)
-  return jax.make_mesh((len(devices),), ("data",), devices=devices)
+  # Auto axes: XLA propagates the batch sharding; nothing leaks into the
+  # types of arrays that later leave the training loop.
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

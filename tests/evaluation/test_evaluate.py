@@ -37,6 +37,24 @@ def test_report_files_and_numbers(run):
   assert "| accuracy |" in md and "| balanced accuracy |" in md
   assert "![predictions.png](predictions.png)" in md
   assert (run / "predictions.png").stat().st_size > 10_000
+  # Every configured method x every localisation metric, NaNs counted.
+  scores = report["explanations"]["scores"]
+  assert list(scores) == list(config.evaluation.methods)
+  for per_metric in scores.values():
+    assert set(per_metric) == {
+        "pointing_game", "relevance_mass", "relevance_rank",
+        "top_k_intersection", "roc_auc", "iou", "f1", "region_attribution",
+        "sparseness"}
+    # Background-only images (a quarter) have no clue: NaN, counted.
+    rma = per_metric["relevance_mass"]
+    assert rma["nan"] >= config.evaluation.num_images // 4
+    assert rma["n"] + rma["nan"] == config.evaluation.num_images
+  sanity = report["sanity"]["grad_cam"]
+  assert sanity["layers"][0] == "head"
+  assert sanity["spearman"][0] == pytest.approx(1.0)
+  assert "## Explanations" in md and "## Cascading randomisation" in md
+  for f in ("explanations.png", "sanity.png"):
+    assert (run / f).stat().st_size > 10_000
 
 
 def test_no_checkpoint_is_explained(tmp_path):

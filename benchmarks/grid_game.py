@@ -1,0 +1,116 @@
+r"""Paper 003 and 002 claims on the clue benchmark, with a trained model.
+
+  make demo     # trains runs/default (or: python train.py ... )
+  python benchmarks/grid_game.py --workdir runs/default [--grids 24] [--seeds 3]
+
+* Grid pointing game (``lapjax.evaluation.grid_game``): RA, IoU and F1 of
+  every method with and without Attribution Lens, on ``--seeds`` independent
+  sets of ``--grids`` 2x2 grids; mean over grids, then mean and standard
+  deviation over the sets (the run-to-run noise).
+* LaFAM vs Grad-CAM pointing game (paper 002): hit rate on the clue test
+  images (clue classes; the background-only class has no clue to point at),
+  Grad-CAM for the true class, both at ``block4``.
+
+Prints JSON lines, then Markdown tables for docs/benchmarks.md.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lapjax import attribution as attr  # noqa: E402
+from lapjax import from_flax, metrics  # noqa: E402
+from lapjax.data import sources  # noqa: E402
+from lapjax.evaluation import grid_game  # noqa: E402
+from lapjax.evaluation.evaluate import load_config  # noqa: E402
+from lapjax.evaluation.methods import standard_methods  # noqa: E402
+from lapjax.train import load_state  # noqa: E402
+
+LAYER = "block4"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default="runs/default")
+  parser.add_argument("--grids", type=int, default=24)
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--pointing_images", type=int, default=600)
+  args = parser.parse_args()
+  config = load_config(args.workdir)
+  model, state, _ = load_state(config, args.workdir)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  clf = from_flax(model, variables, layers=[LAYER])
+  guided = attr.guided_classifier(model, variables, layers=[LAYER])
+  cfg = sources.clues_config(config.data)
+
+  per_seed = {}
+  for seed in range(args.seeds):
+    grids = grid_game.make_grid_batch(cfg, args.grids, seed=seed,
+                                      data_seed=config.data.seed)
+    methods = standard_methods(LAYER, key=jax.random.key(seed),
+                               image_size=grids["image"].shape[1])
+    results = grid_game.run_grid_game(clf, guided, grids, methods)
+    for name, scores in results.items():
+      for metric, values in scores.items():
+        per_seed.setdefault((name, metric), []).append(
+            metrics.nan_summary(values)["mean"])
+    print(json.dumps({"benchmark": "grid_game_progress", "seed": seed}),
+          flush=True)
+
+  table = {}
+  for (name, metric), vals in per_seed.items():
+    table.setdefault(name, {})[metric] = (float(np.mean(vals)),
+                                          float(np.std(vals)))
+    print(json.dumps({"benchmark": "grid_game", "method": name,
+                      "metric": metric, "mean": float(np.mean(vals)),
+                      "std_over_seeds": float(np.std(vals)),
+                      "per_seed": vals}), flush=True)
+
+  # LaFAM vs Grad-CAM pointing game on single test images.
+  src, _ = sources.make_source(config.data, "test")
+  batch = src.get(np.arange(args.pointing_images))
+  keep = batch["label"] > 0
+  x = jnp.asarray(batch["image"][keep])
+  y = jnp.asarray(batch["label"][keep])
+  m = jnp.asarray(batch["mask"][keep])
+  gc = jax.jit(lambda x, y: attr.grad_cam(clf, x, y, layer=LAYER))
+  lf = jax.jit(lambda x: attr.lafam(clf, x, layer=LAYER))
+  hits = {}
+  for name, f in (("grad_cam", lambda x, y: gc(x, y)),
+                  ("lafam", lambda x, y: lf(x))):
+    maps = jnp.concatenate([f(x[i:i + 64], y[i:i + 64])
+                            for i in range(0, len(x), 64)])
+    hits[name] = metrics.nan_summary(metrics.pointing_game(maps, m))
+    print(json.dumps({"benchmark": "pointing_game", "method": name,
+                      **hits[name]}), flush=True)
+
+  print("\n| method | RA | RA + AL | change | IoU | IoU + AL | F1 | F1 + AL |"
+        " RA (clue) | RA (clue) + AL |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for name in (n for n in table if not n.endswith("+AL")):
+    base, lens = table[name], table.get(name + "+AL")
+
+    def cell(d, k):
+      return f"{d[k][0]:.3f} ± {d[k][1]:.3f}" if d else "n/a"
+
+    change = (f"{100 * (lens['RA'][0] / base['RA'][0] - 1):+.0f} %"
+              if lens else "n/a")
+    print(f"| {name} | {cell(base, 'RA')} | {cell(lens, 'RA')} | {change} | "
+          f"{cell(base, 'IoU')} | {cell(lens, 'IoU')} | {cell(base, 'F1')} | "
+          f"{cell(lens, 'F1')} | {cell(base, 'RA_clue')} | "
+          f"{cell(lens, 'RA_clue')} |")
+  print(f"\nPointing game on {hits['grad_cam']['n']} clue test images: "
+        f"Grad-CAM {hits['grad_cam']['mean']:.3f}, LaFAM "
+        f"{hits['lafam']['mean']:.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,48 @@
+"""The attribution methods an evaluation runs, with their settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+
+from lapjax import attribution as attr
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """An attribution method as evaluations run it."""
+  fn: Callable[..., jax.Array]
+  kwargs: dict
+  guided: bool = False        # needs the guided-ReLU classifier
+  label_free: bool = False    # the lens is meaningless (identical maps)
+
+
+def standard_methods(layer: str, *, key: jax.Array, image_size: int,
+                     ig_steps: int = 32, rise_masks: int = 500,
+                     smoothgrad_samples: int = 16) -> dict[str, Method]:
+  """Every lapjax method; CAMs at ``layer``, occlusion windows of
+  ``image_size // 8`` pixels at half-window stride."""
+  window = max(1, image_size // 8)
+  return {
+      "gradient": Method(attr.gradient, {}),
+      "input_x_gradient": Method(attr.input_x_gradient, {}),
+      "integrated_gradients": Method(attr.integrated_gradients,
+                                     {"steps": ig_steps}),
+      "smoothgrad": Method(attr.smoothgrad,
+                           {"key": key, "samples": smoothgrad_samples}),
+      "guided_backprop": Method(attr.guided_backprop, {}, guided=True),
+      "grad_cam": Method(attr.grad_cam, {"layer": layer}),
+      "grad_cam_plus_plus": Method(attr.grad_cam_plus_plus,
+                                   {"layer": layer}),
+      "layer_cam": Method(attr.layer_cam, {"layer": layer}),
+      "guided_grad_cam": Method(attr.guided_grad_cam, {"layer": layer},
+                                guided=True),
+      "score_cam": Method(attr.score_cam, {"layer": layer}),
+      "occlusion": Method(attr.occlusion, {
+          "window": (window, window),
+          "stride": (max(1, window // 2), max(1, window // 2))}),
+      "rise": Method(attr.rise, {"key": key, "num_masks": rise_masks}),
+      "lafam": Method(attr.lafam, {"layer": layer}, label_free=True),
+  }
