@@ -1,6 +1,6 @@
 r"""Paper 003 and 002 claims on the clue benchmark, with a trained model.
 
-  make demo     # trains runs/default (or: python train.py ... )
+  make demo     # trains runs/default (configs/grid_game.py trains the same)
   python benchmarks/grid_game.py --workdir runs/default [--grids 24] [--seeds 3]
 
 * Grid pointing game (``lapjax.evaluation.grid_game``): RA, IoU and F1 of
@@ -15,6 +15,7 @@ Prints JSON lines, then Markdown tables for docs/benchmarks.md.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from lapjax import attribution as attr  # noqa: E402
 from lapjax import from_flax, metrics  # noqa: E402
-from lapjax.data import sources  # noqa: E402
+from lapjax.data import clues, sources  # noqa: E402
 from lapjax.evaluation import grid_game  # noqa: E402
 from lapjax.evaluation.evaluate import load_config  # noqa: E402
 from lapjax.evaluation.methods import standard_methods  # noqa: E402
@@ -40,11 +41,17 @@ LAYER = "block4"
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="runs/default")
-  parser.add_argument("--grids", type=int, default=24)
-  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--grids", type=int, default=None,
+                      help="default: config.evaluation.grid_games")
+  parser.add_argument("--seeds", type=int, default=None,
+                      help="default: config.evaluation.grid_seeds")
   parser.add_argument("--pointing_images", type=int, default=600)
+  parser.add_argument("--skip_grid", action="store_true",
+                      help="only the LaFAM vs Grad-CAM pointing game")
   args = parser.parse_args()
   config = load_config(args.workdir)
+  args.grids = args.grids or config.evaluation.grid_games
+  args.seeds = args.seeds or config.evaluation.grid_seeds
   model, state, _ = load_state(config, args.workdir)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   clf = from_flax(model, variables, layers=[LAYER])
@@ -52,7 +59,7 @@ def main():
   cfg = sources.clues_config(config.data)
 
   per_seed = {}
-  for seed in range(args.seeds):
+  for seed in range(0 if args.skip_grid else args.seeds):
     grids = grid_game.make_grid_batch(cfg, args.grids, seed=seed,
                                       data_seed=config.data.seed)
     methods = standard_methods(LAYER, key=jax.random.key(seed),
@@ -74,24 +81,32 @@ def main():
                       "std_over_seeds": float(np.std(vals)),
                       "per_seed": vals}), flush=True)
 
-  # LaFAM vs Grad-CAM pointing game on single test images.
-  src, _ = sources.make_source(config.data, "test")
-  batch = src.get(np.arange(args.pointing_images))
-  keep = batch["label"] > 0
-  x = jnp.asarray(batch["image"][keep])
-  y = jnp.asarray(batch["label"][keep])
-  m = jnp.asarray(batch["mask"][keep])
+  # LaFAM vs Grad-CAM pointing game on single test images, with the
+  # benchmark's distractors and (a control) without them.
   gc = jax.jit(lambda x, y: attr.grad_cam(clf, x, y, layer=LAYER))
   lf = jax.jit(lambda x: attr.lafam(clf, x, layer=LAYER))
-  hits = {}
-  for name, f in (("grad_cam", lambda x, y: gc(x, y)),
-                  ("lafam", lambda x, y: lf(x))):
-    maps = jnp.concatenate([f(x[i:i + 64], y[i:i + 64])
-                            for i in range(0, len(x), 64)])
-    hits[name] = metrics.nan_summary(metrics.pointing_game(maps, m))
-    print(json.dumps({"benchmark": "pointing_game", "method": name,
-                      **hits[name]}), flush=True)
+  for distractors in (cfg.max_distractors, 0):
+    render_cfg = dataclasses.replace(cfg, max_distractors=distractors)
+    batch = clues.render(render_cfg, "test", np.arange(args.pointing_images),
+                         seed=config.data.seed)
+    keep = batch["label"] > 0
+    x = jnp.asarray(batch["image"][keep])
+    y = jnp.asarray(batch["label"][keep])
+    m = jnp.asarray(batch["mask"][keep])
+    for name, f in (("grad_cam", lambda x, y: gc(x, y)),
+                    ("lafam", lambda x, y: lf(x))):
+      maps = jnp.concatenate([f(x[i:i + 64], y[i:i + 64])
+                              for i in range(0, len(x), 64)])
+      for ties in ("fraction", "all", "any"):
+        for tol in (0, 3):
+          s = metrics.nan_summary(metrics.pointing_game(
+              maps, m, tolerance=tol, ties=ties))
+          print(json.dumps({"benchmark": "pointing_game", "method": name,
+                            "max_distractors": distractors, "ties": ties,
+                            "tolerance": tol, **s}), flush=True)
 
+  if args.skip_grid:
+    return
   print("\n| method | RA | RA + AL | change | IoU | IoU + AL | F1 | F1 + AL |"
         " RA (clue) | RA (clue) + AL |")
   print("|---|---|---|---|---|---|---|---|---|---|")
@@ -107,9 +122,6 @@ def main():
           f"{cell(base, 'IoU')} | {cell(lens, 'IoU')} | {cell(base, 'F1')} | "
           f"{cell(lens, 'F1')} | {cell(base, 'RA_clue')} | "
           f"{cell(lens, 'RA_clue')} |")
-  print(f"\nPointing game on {hits['grad_cam']['n']} clue test images: "
-        f"Grad-CAM {hits['grad_cam']['mean']:.3f}, LaFAM "
-        f"{hits['lafam']['mean']:.3f}")
 
 
 if __name__ == "__main__":

@@ -27,20 +27,39 @@ from lapjax.evaluation.methods import standard_methods
 from lapjax.evaluation.report import write_report
 from lapjax.metrics import classification_summary, nan_summary
 from lapjax.metrics.sanity import cascading_randomization
+from lapjax.train.config import base_config
 from lapjax.train.loop import load_state, predict
 
 NUM_FIGURE_IMAGES = 24
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved beside its checkpoints (``config.json``)."""
+  """The config a run saved beside its checkpoints (``config.json``).
+
+  Fields added to the schema after the run was trained take their defaults
+  (``lapjax.train.config.base_config``).
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"{path} not found: {workdir} is not a lapjax run folder (train "
         "first, or pass --config)")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  return _merge(base_config(), saved)
+
+
+def _merge(base: ml_collections.ConfigDict, saved: dict
+           ) -> ml_collections.ConfigDict:
+  for key, value in saved.items():
+    current = base.get(key)
+    if isinstance(value, dict):
+      if not isinstance(current, ml_collections.ConfigDict):
+        base[key] = ml_collections.ConfigDict()
+      _merge(base[key], value)
+    else:
+      base[key] = tuple(value) if isinstance(value, list) else value
+  return base
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,

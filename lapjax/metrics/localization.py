@@ -59,11 +59,21 @@ def _dilate(masks, radius: float):
   return hit > 0
 
 
-def pointing_game(maps, masks, *, tolerance: float = 0.0) -> jax.Array:
+def pointing_game(maps, masks, *, tolerance: float = 0.0,
+                  ties: str = "fraction") -> jax.Array:
   """1 if the map's maximum lies on the mask (within ``tolerance`` px).
 
-  Every pixel tied for the maximum must lie within ``tolerance`` pixels
-  (Euclidean) of the mask for a hit, so ties never hit by construction.
+  A pixel is on target if it lies within ``tolerance`` pixels (Euclidean) of
+  the mask. When several pixels tie for the maximum (nearest-upsampled
+  maps have blocks of them), ``ties`` decides:
+
+  * ``'fraction'`` (default): the share of tied pixels on target, i.e. the
+    expected hit under a random tie-break; 0 or 1 for a unique maximum, and
+    chance level, never a hit by construction, for large ties.
+  * ``'all'``: a hit only if every tied pixel is on target (strict).
+  * ``'any'``: a hit if any tied pixel is on target (Quantus, and so the
+    LaFAM paper's protocol; lenient).
+
   Higher is better. NaN for an empty mask or a constant map.
 
   References:
@@ -73,7 +83,16 @@ def pointing_game(maps, masks, *, tolerance: float = 0.0) -> jax.Array:
   maps, masks = _check(maps, masks)
   near = _dilate(masks, tolerance)
   is_max = maps == maps.max(axis=(1, 2), keepdims=True)
-  hit = jnp.all(~is_max | near, axis=(1, 2)).astype(jnp.float32)
+  on = (is_max & near).sum(axis=(1, 2))
+  if ties == "fraction":
+    hit = on / is_max.sum(axis=(1, 2))
+  elif ties == "all":
+    hit = (on == is_max.sum(axis=(1, 2))).astype(jnp.float32)
+  elif ties == "any":
+    hit = (on > 0).astype(jnp.float32)
+  else:
+    raise ValueError(f"ties must be 'fraction', 'all' or 'any'; got "
+                     f"{ties!r}")
   undefined = ~masks.any(axis=(1, 2)) | _constant(maps)
   return jnp.where(undefined, jnp.nan, hit)
 

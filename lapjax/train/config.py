@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluation.sanity_methods = ("gradient", "grad_cam", "guided_backprop")
   c.evaluation.sanity_images = 16     # images of the randomisation check
   c.evaluation.seed = 0               # keys of the stochastic methods
+  c.evaluation.grid_games = 24        # grids per set (benchmarks/grid_game)
+  c.evaluation.grid_seeds = 3         # independent grid sets (noise)
   return c
 
 

@@ -37,10 +37,20 @@ def test_pointing_game_constant_maps_and_ties_do_not_hit():
   assert np.isnan(metrics.pointing_game(np.zeros((1, H, W)), mask)[0])
   tied = np.zeros((1, H, W), np.float32)
   tied[0, 2, 2] = tied[0, 30, 60] = 5.0       # one inside, one outside
-  assert metrics.pointing_game(tied, mask)[0] == 0
+  assert metrics.pointing_game(tied, mask, ties="all")[0] == 0
+  assert metrics.pointing_game(tied, mask)[0] == 0.5     # expected hit
+  assert metrics.pointing_game(tied, mask, ties="any")[0] == 1
   tied[0, 30, 60] = 0.0
   tied[0, 3, 3] = 5.0                         # both inside
-  assert metrics.pointing_game(tied, mask)[0] == 1
+  for ties in ("all", "fraction", "any"):
+    assert metrics.pointing_game(tied, mask, ties=ties)[0] == 1
+  # A near-constant map (one pixel lower) scores its chance level, not a hit.
+  near_const = np.ones((1, H, W), np.float32)
+  near_const[0, 39, 63] = 0.0
+  got = float(metrics.pointing_game(near_const, mask)[0])
+  assert got == pytest.approx(mask.sum() / (H * W - 1))
+  with pytest.raises(ValueError, match="ties must be"):
+    metrics.pointing_game(tied, mask, ties="random")
 
 
 def test_empty_masks_are_nan_and_counted():
