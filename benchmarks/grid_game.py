@@ -31,9 +31,8 @@ from lapjax import attribution as attr  # noqa: E402
 from lapjax import from_flax, metrics  # noqa: E402
 from lapjax.data import clues, sources  # noqa: E402
 from lapjax.evaluation import grid_game  # noqa: E402
-from lapjax.evaluation.evaluate import load_config  # noqa: E402
+from lapjax.evaluation.evaluate import load_run  # noqa: E402
 from lapjax.evaluation.methods import standard_methods  # noqa: E402
-from lapjax.train import load_state  # noqa: E402
 
 LAYER = "block4"
 
@@ -49,11 +48,9 @@ def main():
   parser.add_argument("--skip_grid", action="store_true",
                       help="only the LaFAM vs Grad-CAM pointing game")
   args = parser.parse_args()
-  config = load_config(args.workdir)
+  config, model, variables = load_run(args.workdir)
   args.grids = args.grids or config.evaluation.grid_games
   args.seeds = args.seeds or config.evaluation.grid_seeds
-  model, state, _ = load_state(config, args.workdir)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
   clf = from_flax(model, variables, layers=[LAYER])
   guided = attr.guided_classifier(model, variables, layers=[LAYER])
   cfg = sources.clues_config(config.data)

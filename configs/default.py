@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evaluation.rise_masks = 16
     c.evaluation.smoothgrad_samples = 2
     c.evaluation.sanity_images = 4
+    c.evaluation.sanity_keys = 2
   elif arg == "resnet18":
     c.model.name = "resnet18"
     c.model.kwargs = ml_collections.ConfigDict(

@@ -95,12 +95,18 @@ def explanation_grid(images: np.ndarray, masks: np.ndarray,
 
 def sanity_curves(results: dict[str, dict], path: str,
                   similarity: str = "spearman") -> None:
-  """Mean similarity to the trained model's maps per randomisation step."""
+  """Similarity to the trained model's maps per randomisation step.
+
+  ``results[name]`` holds ``layers``, the curve under ``similarity`` and
+  optionally its spread ``similarity + '_std_over_keys'`` (error bars).
+  """
   fig, ax = plt.subplots(figsize=(6, 3.5))
   layers = None
   for name, r in results.items():
-    s = np.asarray(r["similarity"][similarity])
-    ax.plot(np.arange(len(s)), np.nanmean(s, axis=1), marker="o", label=name)
+    s = np.asarray(r[similarity])
+    err = np.asarray(r.get(similarity + "_std_over_keys", np.zeros_like(s)))
+    ax.errorbar(np.arange(len(s)), s, yerr=err, marker="o", capsize=2,
+                label=name)
     layers = r["layers"]
   ax.set_xticks(range(len(layers) + 1))
   ax.set_xticklabels(["trained"] + list(layers), rotation=30, fontsize=7)

@@ -49,6 +49,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return _merge(base_config(), saved)
 
 
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
+  """``(config, model, variables)`` of the newest checkpoint of a run."""
+  config = load_config(workdir)
+  model, state, _ = load_state(config, workdir)
+  return config, model, {"params": state.params,
+                         "batch_stats": state.batch_stats}
+
+
 def _merge(base: ml_collections.ConfigDict, saved: dict
            ) -> ml_collections.ConfigDict:
   for key, value in saved.items():
@@ -132,22 +140,25 @@ def _explanation_report(config, model, state, source, workdir
                        {k: v[shown] for k, v in maps.items()},
                        [names[y] for y in batch["label"][shown]],
                        os.path.join(workdir, "explanations.png"))
+  # One randomisation draw is noisy (a random head flips whole maps), so
+  # the curves average image means over several keys.
   sanity = {}
   k = min(e.sanity_images, n)
   for name in e.sanity_methods:
     m = table[name]
     module = model.clone(act=attr.guided_relu) if m.guided else model
-    r = cascading_randomization(
+    runs = [cascading_randomization(
         module, variables, batch["image"][:k], batch["label"][:k], m.fn,
-        key=jax.random.fold_in(key, 1), classifier_layers=[e.layer],
-        **m.kwargs)
-    sanity[name] = {"layers": r["layers"], "config": r["config"],
-                    **{s: np.nanmean(np.asarray(v), axis=1).tolist()
-                       for s, v in r["similarity"].items()},
-                    "similarity": r["similarity"]}
+        key=jax.random.fold_in(key, 1 + d), classifier_layers=[e.layer],
+        **m.kwargs) for d in range(e.sanity_keys)]
+    curves = {s: np.stack([np.nanmean(np.asarray(r["similarity"][s]), 1)
+                           for r in runs]) for s in runs[0]["similarity"]}
+    sanity[name] = {"layers": runs[0]["layers"],
+                    "config": {**runs[0]["config"], "keys": e.sanity_keys},
+                    **{s: c.mean(0).tolist() for s, c in curves.items()},
+                    **{s + "_std_over_keys": c.std(0).tolist()
+                       for s, c in curves.items()}}
   viz.sanity_curves(sanity, os.path.join(workdir, "sanity.png"))
-  for v in sanity.values():
-    del v["similarity"]
   return {"explanations": {"n_images": int(n), "targets": "true class",
                            "scores": scores},
           "sanity": sanity}

@@ -51,7 +51,9 @@ def _explanation_tables(report: dict[str, Any]) -> list[str]:
   sanity = report.get("sanity", {})
   if sanity:
     first = next(iter(sanity.values()))
-    lines += ["", "## Cascading randomisation (Spearman to trained maps)", "",
+    keys = first["config"].get("keys", 1)
+    lines += ["", "## Cascading randomisation (Spearman to trained maps, "
+              f"mean over images and {keys} randomisation keys)", "",
               "| method | " + " | ".join(["trained"] + first["layers"]) + " |",
               "|---" * (len(first["layers"]) + 2) + "|"]
     for method, r in sanity.items():

@@ -185,23 +185,25 @@ def iou(binary_maps, masks) -> jax.Array:
 
   Binarise first with ``lapjax.attribution.postprocess`` (top-k, mean +
   std, threshold): the binarisation is part of the result and must be
-  reported. Higher is better. NaN when both are empty.
+  reported. Higher is better. NaN for an empty mask (nothing to localise).
   """
   a, m = _check_binary(binary_maps, masks)
   inter = (a & m).sum(axis=(1, 2))
   union = (a | m).sum(axis=(1, 2))
-  return jnp.where(union > 0, inter / jnp.maximum(union, 1), jnp.nan)
+  return jnp.where(m.any(axis=(1, 2)), inter / jnp.maximum(union, 1),
+                   jnp.nan)
 
 
 def f1(binary_maps, masks) -> jax.Array:
   """F1 (Dice) of binarised maps with the masks: ``2|A n M| / (|A| + |M|)``.
 
-  Higher is better. NaN when both are empty.
+  Higher is better. NaN for an empty mask (nothing to localise).
   """
   a, m = _check_binary(binary_maps, masks)
   inter = (a & m).sum(axis=(1, 2))
   denom = a.sum(axis=(1, 2)) + m.sum(axis=(1, 2))
-  return jnp.where(denom > 0, 2 * inter / jnp.maximum(denom, 1), jnp.nan)
+  return jnp.where(m.any(axis=(1, 2)), 2 * inter / jnp.maximum(denom, 1),
+                   jnp.nan)
 
 
 def _check_binary(a, m):

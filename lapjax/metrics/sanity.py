@@ -108,10 +108,10 @@ def cascading_randomization(module: nn.Module, variables, x: jax.Array,
     variables: its trained variables.
     x: ``[B, H, W, C]``.
     targets: targets of ``method``.
-    method: a lapjax attribution method returning ``[B, H, W]``; it is
-      called as ``method(classifier, x, targets, **method_kwargs)``, or, if
-      it takes ``module`` and ``variables`` (for a method that needs its own
-      classifier, like guided backprop), wrap it first.
+    method: a lapjax attribution method returning ``[B, H, W]``, called as
+      ``method(classifier, x, targets, **method_kwargs)`` with a classifier
+      built from ``module`` (for guided backprop pass
+      ``module.clone(act=guided_relu)``).
     key: randomisation key; layer ``i`` uses ``fold_in(key, i)``.
     layers: top-level parameter paths, output first (default: reverse call
       order).

@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluation.smoothgrad_samples = 16
   c.evaluation.sanity_methods = ("gradient", "grad_cam", "guided_backprop")
   c.evaluation.sanity_images = 16     # images of the randomisation check
+  c.evaluation.sanity_keys = 3        # randomisation draws, averaged
   c.evaluation.seed = 0               # keys of the stochastic methods
   c.evaluation.grid_games = 24        # grids per set (benchmarks/grid_game)
   c.evaluation.grid_seeds = 3         # independent grid sets (noise)

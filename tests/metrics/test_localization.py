@@ -118,6 +118,8 @@ def test_iou_and_f1_under_each_binarisation():
   assert float(metrics.f1(thr, mask)[0]) == pytest.approx(4 / 5)
   assert np.isnan(metrics.iou(np.zeros((1, 2, 2), bool),
                               np.zeros((1, 2, 2), bool))[0])
+  assert np.isnan(metrics.f1(np.ones((1, 2, 2), bool),
+                             np.zeros((1, 2, 2), bool))[0])
   with pytest.raises(ValueError, match="bool maps"):
     metrics.iou(m, mask)
 
