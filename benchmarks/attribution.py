@@ -53,7 +53,10 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--single", type=int, default=8)
   parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--sections", default="lens,batching,memory,chunking",
+                      help="comma-separated subset to run")
   args = parser.parse_args()
+  sections = set(args.sections.split(","))
   model = SmallCNN(4, widths=(16, 32, 64, 128))
   x = jax.random.uniform(jax.random.key(0), (args.batch, 64, 64, 3))
   v = model.init(jax.random.key(1), x[:1])
@@ -65,7 +68,8 @@ def main():
 
   # Attribution Lens overhead.
   for name, method, kw in (("grad_cam", attr.grad_cam, {"layer": "block4"}),
-                           ("input_x_gradient", attr.input_x_gradient, {})):
+                           ("input_x_gradient", attr.input_x_gradient, {})
+                           ) if "lens" in sections else ():
     one = jax.jit(functools.partial(method, clf, **kw))
     lens = jax.jit(functools.partial(attr.attribution_lens, method, clf,
                                      **kw))
@@ -105,7 +109,8 @@ def main():
       "relax": (attr.relax, clf, {"layer": "block4", "key": key,
                                   "num_masks": 256}),
   }
-  for name, (method, c, kw) in methods.items():
+  for name, (method, c, kw) in (methods.items() if "batching" in sections
+                                else ()):
     f = jax.jit(functools.partial(method, c, **kw))
     batched = timed(f, x, t1, reps=max(1, args.reps // 2)) / args.batch
     xs, ts = x[:args.single], t1[:args.single]
@@ -122,7 +127,7 @@ def main():
                       "speedup": round(single / batched, 2)}), flush=True)
 
   # Integrated gradients: memory does not grow with steps.
-  for steps in (50, 200):
+  for steps in (50, 200) if "memory" in sections else ():
     f = jax.jit(functools.partial(attr.integrated_gradients, clf, steps=steps,
                                   chunk_size=16))
     mem = f.lower(x, t1).compile().memory_analysis()
@@ -133,6 +138,8 @@ def main():
                           steps * x.size * 4 / 2**20, 1)}), flush=True)
 
   # lax.scan over chunks vs a host loop over one jitted chunk.
+  if "chunking" not in sections:
+    return
   steps, chunk = 48, 16
   # Same work per pass: chunk path points of the whole batch.
   scan = jax.jit(functools.partial(attr.integrated_gradients, clf,

@@ -44,7 +44,12 @@ class Pool(nn.Module):
   """Local max or average pooling, ``[B, H, W, C] -> [B, H/s, W/s, C]``.
 
   A module (not a function) so that it has a name to tap, and so that LAP-Pool
-  can stand in its place.
+  can stand in its place. Non-overlapping max windows that tile the input
+  (``window == strides``, ``VALID``, sizes divisible) are computed as a
+  reshape and a max: the same values, and a backward pass that XLA:CPU runs
+  far faster than the ``select_and_scatter`` of ``nn.max_pool`` (the input
+  gradient of the default CNN: 280 ms -> 171 ms for 64 images). At tied
+  maxima the gradient is shared equally rather than given to the first.
   """
   window: int = 2
   strides: int = 2
@@ -53,8 +58,13 @@ class Pool(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    s = self.window
+    b, h, w, c = x.shape
+    if (self.kind == "max" and self.strides == s and self.padding == "VALID"
+        and h % s == 0 and w % s == 0):
+      return x.reshape(b, h // s, s, w // s, s, c).max(axis=(2, 4))
     pool = {"max": nn.max_pool, "avg": nn.avg_pool}[self.kind]
-    return pool(x, (self.window, self.window), (self.strides, self.strides),
+    return pool(x, (s, s), (self.strides, self.strides),
                 padding=self.padding)
 
 

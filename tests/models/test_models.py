@@ -1,5 +1,6 @@
 """Models: taps, shapes, injectable act/norm, known parameter counts."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +76,27 @@ def test_injected_norm():
   assert "batch_stats" not in v
   assert "GroupNorm" not in str(jax.tree.map(jnp.shape, v))  # named 'norm'
   assert "norm" in v["params"]["block1"]["unit0"]
+
+
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((2, 8, 12, 3), 2, 2, "VALID"),      # reshape path
+    ((2, 9, 12, 3), 2, 2, "VALID"),      # odd height: nn.max_pool
+    ((2, 8, 12, 3), 3, 2, "SAME"),       # overlapping windows
+])
+def test_pool_matches_flax_max_pool(shape, window, strides, padding):
+  from lapjax.models import Pool
+  x = jax.random.normal(jax.random.key(0), shape)
+  got = Pool(window=window, strides=strides, padding=padding).apply({}, x)
+  want = nn.max_pool(x, (window, window), (strides, strides),
+                     padding=padding)
+  np.testing.assert_array_equal(got, want)
+  # Gradients agree wherever the maximum is unique (random inputs).
+  gx = jax.grad(lambda x: (Pool(window=window, strides=strides,
+                                padding=padding).apply({}, x) ** 2).sum())(x)
+  gw = jax.grad(lambda x: (nn.max_pool(x, (window, window),
+                                       (strides, strides),
+                                       padding=padding) ** 2).sum())(x)
+  np.testing.assert_allclose(gx, gw, rtol=1e-6)
 
 
 def test_unknown_model_and_bad_options():
