@@ -59,14 +59,12 @@ def test_grad_cam_plus_plus_matches_exact_derivatives_of_exp_score():
 
   a = acts
   d1 = jax.grad(y_of)(a)
-  flat = lambda f: (lambda v: f(v.reshape(a.shape)).reshape(-1))  # noqa
   n = a.size
   hess = jax.hessian(lambda v: y_of(v.reshape(a.shape)))(a.reshape(-1))
   d2 = jnp.diag(hess).reshape(a.shape)
   third = jax.jacfwd(jax.hessian(lambda v: y_of(v.reshape(a.shape))))(
       a.reshape(-1))
   d3 = third[jnp.arange(n), jnp.arange(n), jnp.arange(n)].reshape(a.shape)
-  del flat
   s = a.sum(axis=(1, 2), keepdims=True)
   alpha = jnp.where(d2 != 0, d2 / (2 * d2 + s * d3), 0.0)
   weights = (alpha * jax.nn.relu(d1)).sum(axis=(1, 2))

@@ -1,5 +1,6 @@
 """Gradient methods against closed forms."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from lapjax import attribution as attr
 from lapjax import from_flax
-from lapjax.models import SmallCNN, create_model
+from lapjax.models import create_model
 from tests.attribution.models import linear_classifier, small_cnn
 
 W = jax.random.normal(jax.random.key(0), (3, 5, 7, 2))
@@ -119,11 +120,6 @@ def test_guided_backprop_refuses_plain_models():
   plain = from_flax(model, v, layers=[])
   with pytest.raises(ValueError, match="no guided_relu activations"):
     attr.guided_backprop(plain, x, jnp.array([0, 1, 2]))
-
-  class NoAct(SmallCNN):
-    pass
-
-  import flax.linen as nn
 
   class Fixed(nn.Module):
     @nn.compact
