@@ -150,11 +150,8 @@ def main():
 
   @jax.jit
   def chunk_grads(alpha_chunk, x):
-    n = alpha_chunk.shape[0]
     xs = alpha_chunk[:, None, None, None, None] * x
-    g = core.input_gradients(clf, xs.reshape(n * args.batch, *x.shape[1:]),
-                             jnp.tile(t.cotangents, (1, n, 1)))
-    return g.reshape(n, args.batch, *x.shape[1:]).sum(0)
+    return core.expanded_input_gradients(clf, xs, t.cotangents)[:, 0].sum(0)
 
   def host_loop(x):
     total = sum(chunk_grads(alphas[i:i + chunk], x)

@@ -153,18 +153,10 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
     probs = jax.nn.softmax(classifier.apply(xs)[0]).reshape(n, b, -1)
     return jnp.einsum("nbk,cbk->ncb", probs, t.cotangents)
 
-  weights = _stack_chunks(scores, c, core.points_per_pass(chunk_size, b))
+  weights = core.chunked_map(scores, jnp.arange(c),
+                             core.points_per_pass(chunk_size, b))
   cam = jax.nn.relu(jnp.einsum("kcb,bhwk->cbhw", weights, acts))
   return core.finish(_resize(cam, x, resize, resize_method), t)
-
-
-def _stack_chunks(fn, n: int, per_pass: int) -> jax.Array:
-  """``fn(arange(n))`` evaluated ``per_pass`` items at a time."""
-  chunk = min(per_pass, n)
-  pad = (-n) % chunk
-  idx = jnp.concatenate([jnp.arange(n), jnp.zeros((pad,), jnp.int32)])
-  out = jax.lax.map(fn, idx.reshape(-1, chunk))
-  return out.reshape(-1, *out.shape[2:])[:n]
 
 
 def lafam(classifier: Classifier, x: jax.Array, targets=None, *, layer: str,
@@ -190,9 +182,4 @@ def lafam(classifier: Classifier, x: jax.Array, targets=None, *, layer: str,
   lo = mean.min(axis=(1, 2), keepdims=True)
   hi = mean.max(axis=(1, 2), keepdims=True)
   cam = _resize((mean - lo) / (hi - lo + 1e-8), x, resize, resize_method)
-  if targets is not None:
-    t = core.make_targets(targets, x.shape[0], core.num_classes_of(
-        classifier, x))
-    if t.multi:
-      cam = jnp.repeat(cam[:, None], t.cotangents.shape[0], axis=1)
-  return cam
+  return core.label_free(cam, classifier, x, targets)

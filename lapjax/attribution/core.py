@@ -105,6 +105,31 @@ def input_gradients(classifier: Classifier, x: jax.Array,
   return jax.vmap(lambda c: vjp(c)[0])(cotangents)
 
 
+def expanded_input_gradients(classifier: Classifier, xs: jax.Array,
+                             cotangents: jax.Array) -> jax.Array:
+  """Input gradients of ``n`` copies of a batch, ``xs [n, B, H, W, C]``.
+
+  The copies run as one batch of ``n * B`` images; returns
+  ``[n, C', B, H, W, C]``.
+  """
+  n, b = xs.shape[:2]
+  g = input_gradients(classifier, xs.reshape(n * b, *xs.shape[2:]),
+                      jnp.tile(cotangents, (1, n, 1)))
+  return jnp.moveaxis(g.reshape(g.shape[0], n, b, *xs.shape[2:]), 1, 0)
+
+
+def label_free(maps: jax.Array, classifier: Classifier, x: jax.Array,
+               targets) -> jax.Array:
+  """Shapes a label-free method's ``[B, H, W]`` maps to its targets:
+  ``[B, C']`` targets repeat the map per class; others keep it."""
+  if targets is None:
+    return maps
+  t = make_targets(targets, x.shape[0], num_classes_of(classifier, x))
+  if t.multi:
+    return jnp.repeat(maps[:, None], t.cotangents.shape[0], axis=1)
+  return maps
+
+
 def layer_gradients(classifier: Classifier, x: jax.Array, layer: str,
                     cotangents: jax.Array
                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -164,33 +189,47 @@ def resize_maps(maps: jax.Array, size: tuple[int, int] | None,
   return jax.image.resize(maps, (*maps.shape[:-2], *size), method=method)
 
 
-def chunked_sum(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
-                weights: jax.Array, per_pass: int) -> jax.Array:
-  """``sum_i weights[i] * fn(items[i:i+1])``, ``per_pass`` items at a time.
-
-  ``fn`` maps a chunk of items ``[n, ...]`` to per-item results
-  ``[n, ...out]``. Memory is bounded by one chunk; the items are padded with
-  zero-weight copies of the first to a multiple of ``per_pass``. A
-  ``lax.scan`` keeps the whole method jittable.
-  """
+def _pad_to_chunks(items: jax.Array, per_pass: int) -> tuple[jax.Array, int]:
+  """``items [n, ...] -> [n_chunks, chunk, ...]`` padded with copies of the
+  first item; returns the padding count too."""
   n = items.shape[0]
   chunk = min(int(per_pass), n)
   pad = (-n) % chunk
   if pad:
     items = jnp.concatenate([items, jnp.repeat(items[:1], pad, 0)])
-    weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
-  items = items.reshape(-1, chunk, *items.shape[1:])
-  weights = weights.reshape(-1, chunk)
+  return items.reshape(-1, chunk, *items.shape[1:]), pad
+
+
+def chunked_sum(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
+                weights: jax.Array, per_pass: int) -> jax.Array:
+  """``sum_i weights[i] * fn(items[i:i+1])``, ``per_pass`` items at a time.
+
+  ``fn`` maps a chunk of items ``[n, ...]`` to per-item results
+  ``[n, ...out]``. Memory is bounded by one chunk; padded items get weight
+  zero. A ``lax.scan`` keeps the whole method jittable.
+  """
+  items, pad = _pad_to_chunks(items, per_pass)
+  weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
+  weights = weights.reshape(items.shape[:2])
   out_shape = jax.eval_shape(fn, items[0]).shape[1:]
 
   def body(acc, xs):
     it, w = xs
-    out = fn(it)
-    return acc + jnp.tensordot(w, out, axes=1), None
+    return acc + jnp.tensordot(w, fn(it), axes=1), None
 
   total, _ = jax.lax.scan(body, jnp.zeros(out_shape, jnp.float32),
                           (items, weights))
   return total
+
+
+def chunked_map(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
+                per_pass: int) -> jax.Array:
+  """``fn`` over ``items``, ``per_pass`` at a time, results stacked
+  ``[n, ...out]`` (``lax.map`` over chunks)."""
+  n = items.shape[0]
+  chunks, _ = _pad_to_chunks(items, per_pass)
+  out = jax.lax.map(fn, chunks)
+  return out.reshape(-1, *out.shape[2:])[:n]
 
 
 def points_per_pass(chunk_size: int, batch: int) -> int:

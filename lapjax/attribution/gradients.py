@@ -106,12 +106,8 @@ def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
   b = x.shape[0]
 
   def grads_at(alpha_chunk):
-    n = alpha_chunk.shape[0]
     xs = baseline + alpha_chunk[:, None, None, None, None] * (x - baseline)
-    cots = jnp.tile(t.cotangents, (1, n, 1))             # [C', n*B, K]
-    g = core.input_gradients(classifier, xs.reshape(n * b, *x.shape[1:]),
-                             cots)
-    return jnp.moveaxis(g.reshape(g.shape[0], n, *x.shape), 1, 0)
+    return core.expanded_input_gradients(classifier, xs, t.cotangents)
 
   mean_grad = core.chunked_sum(grads_at, jnp.asarray(alphas),
                                jnp.asarray(weights),
@@ -143,14 +139,10 @@ def smoothgrad(classifier: Classifier, x: jax.Array, targets, *,
   sigma = noise_level * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
 
   def grads_at(indices):
-    n = indices.shape[0]
     noise = jax.vmap(lambda i: jax.random.normal(
         jax.random.fold_in(key, i), x.shape[1:], x.dtype))(indices)
     xs = x + sigma[None, :, None, None, None] * noise[:, None]
-    cots = jnp.tile(t.cotangents, (1, n, 1))
-    g = core.input_gradients(classifier, xs.reshape(n * b, *x.shape[1:]),
-                             cots)
-    return jnp.moveaxis(g.reshape(g.shape[0], n, *x.shape), 1, 0)
+    return core.expanded_input_gradients(classifier, xs, t.cotangents)
 
   mean_grad = core.chunked_sum(grads_at, jnp.arange(samples),
                                jnp.full((samples,), 1.0 / samples),

@@ -210,9 +210,5 @@ def relax(classifier: Classifier, x: jax.Array, targets=None, *,
   total = core.chunked_sum(weighted, jnp.arange(num_masks),
                            jnp.ones(num_masks),
                            core.points_per_pass(chunk_size, b))
-  sal = total[1] / (total[0] + 1e-10)
-  if targets is not None:
-    t = core.make_targets(targets, b, core.num_classes_of(classifier, x))
-    if t.multi:
-      sal = jnp.repeat(sal[:, None], t.cotangents.shape[0], axis=1)
-  return sal
+  return core.label_free(total[1] / (total[0] + 1e-10), classifier, x,
+                         targets)

@@ -104,14 +104,15 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   viz.sample_grid(batch, titles, os.path.join(workdir, figure))
   report["figures"] = [figure]
   if "mask" in batch:
-    report.update(_explanation_report(config, model, state, source, workdir))
+    report.update(_explanation_report(config, model, state, source, workdir,
+                                      info["class_names"]))
     report["figures"] += ["explanations.png", "sanity.png"]
   write_report(workdir, report)
   return report
 
 
-def _explanation_report(config, model, state, source, workdir
-                        ) -> dict[str, Any]:
+def _explanation_report(config, model, state, source, workdir,
+                        names: list[str]) -> dict[str, Any]:
   """Methods x localisation metrics, the figure grid and sanity curves."""
   e = config.evaluation
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -135,7 +136,6 @@ def _explanation_report(config, model, state, source, workdir
                    explanations.localization_scores(m, batch["mask"]).items()}
             for name, m in maps.items()}
   shown = np.flatnonzero(batch["label"] > 0)[:e.figure_images]
-  names = source_names(config)
   viz.explanation_grid(batch["image"][shown], batch["mask"][shown],
                        {k: v[shown] for k, v in maps.items()},
                        [names[y] for y in batch["label"][shown]],
@@ -163,6 +163,3 @@ def _explanation_report(config, model, state, source, workdir
                            "scores": scores},
           "sanity": sanity}
 
-
-def source_names(config) -> list[str]:
-  return sources.data_info(config.data)["class_names"]

@@ -30,6 +30,7 @@ from lapjax import metrics
 from lapjax.attribution import postprocess
 from lapjax.classifier import Classifier
 from lapjax.data import clues, grid
+from lapjax.evaluation import explanations
 from lapjax.evaluation.methods import Method
 
 
@@ -71,16 +72,13 @@ def run_grid_game(classifier: Classifier, guided: Classifier,
   Returns:
     ``{method or method+AL: {metric: [G * 4] values}}``.
   """
-  images = jnp.asarray(grids["image"])
-  labels = jnp.asarray(grids["labels"], jnp.int32)
+  all_maps = explanations.explain(classifier, guided, grids["image"],
+                                  grids["labels"], methods,
+                                  batch_size=batch_size)
   results = {}
-  for name, m in methods.items():
-    clf = guided if m.guided else classifier
-    f = jax.jit(lambda x, t, m=m, clf=clf: m.fn(clf, x, t, **m.kwargs))
-    maps = jnp.concatenate([f(images[i:i + batch_size],
-                              labels[i:i + batch_size])
-                            for i in range(0, len(images), batch_size)])
+  for name, maps in all_maps.items():
+    maps = jnp.asarray(maps)
     results[name] = score_maps(maps, grids)
-    if not m.label_free:
+    if not methods[name].label_free:
       results[name + "+AL"] = score_maps(attr.lens_refine(maps), grids)
   return results
