@@ -32,11 +32,13 @@ from lapjax.attribution.lens import (
                                     top_k_classes,
 )
 from lapjax.attribution.perturbation import occlusion, relax, rise
+from lapjax.attribution.sloc import calibrate_p, sloc, sloc_fit, sloc_m, sloc_xp
 
 __all__ = [
-    "attribution_lens", "best_vs_worst", "grad_cam", "grad_cam_plus_plus",
-    "gradient", "guided_backprop", "guided_classifier", "guided_grad_cam",
-    "guided_relu", "input_x_gradient", "integrated_gradients", "lafam",
-    "layer_cam", "lens_refine", "occlusion", "postprocess", "relax", "rise",
-    "score_cam", "smoothgrad", "top_k_classes",
+    "attribution_lens", "best_vs_worst", "calibrate_p", "grad_cam",
+    "grad_cam_plus_plus", "gradient", "guided_backprop", "guided_classifier",
+    "guided_grad_cam", "guided_relu", "input_x_gradient",
+    "integrated_gradients", "lafam", "layer_cam", "lens_refine", "occlusion",
+    "postprocess", "relax", "rise", "score_cam", "sloc", "sloc_fit",
+    "sloc_m", "sloc_xp", "smoothgrad", "top_k_classes",
 ]

@@ -189,6 +189,33 @@ def resize_maps(maps: jax.Array, size: tuple[int, int] | None,
   return jax.image.resize(maps, (*maps.shape[:-2], *size), method=method)
 
 
+def baseline_images(x: jax.Array, baseline, blur_sigma: float = 5.0
+                    ) -> jax.Array:
+  """``[B, H, W, C]`` baseline images for perturbation methods and metrics.
+
+  ``baseline`` is a number or an array broadcast to ``x`` (0: zero in the
+  model's input space, black for images in ``[0, 1]``; pass the normalised
+  black pixel for normalised inputs, never the image minimum), or
+  ``'blur'``: each channel Gaussian-blurred with ``blur_sigma``.
+  """
+  if isinstance(baseline, str):
+    if baseline != "blur":
+      raise ValueError(f"baseline must be a number, an array or 'blur'; got "
+                       f"{baseline!r}")
+    from lapjax.attribution import postprocess
+    radius = min(int(np.ceil(3 * blur_sigma)), min(x.shape[1:3]) - 1)
+    k = 2 * radius + 1
+    chw = postprocess.gaussian_blur(jnp.moveaxis(x, -1, 1), sigma=blur_sigma,
+                                    kernel_size=k)
+    return jnp.moveaxis(chw, 1, -1)
+  b = jnp.asarray(baseline, x.dtype)
+  try:
+    return jnp.broadcast_to(b, x.shape)
+  except ValueError:
+    raise ValueError(f"baseline of shape {b.shape} does not broadcast to the "
+                     f"images' shape {x.shape}") from None
+
+
 def _pad_to_chunks(items: jax.Array, per_pass: int) -> tuple[jax.Array, int]:
   """``items [n, ...] -> [n_chunks, chunk, ...]`` padded with copies of the
   first item; returns the padding count too."""

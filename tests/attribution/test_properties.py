@@ -36,11 +36,26 @@ METHODS = {
     "rise": (attr.rise, {"key": KEY, "num_masks": 12, "cells": 3,
                          "chunk_size": 5}),
     "lafam": (attr.lafam, {"layer": "block2"}),
+    "sloc": (attr.sloc, {"key": KEY, "num_masks": 6, "tune_masks": 4,
+                         "steps": 10, "patch_sizes": (3, 5),
+                         "chunk_size": 8}),
     "relax": (attr.relax, {"layer": "block2", "key": KEY, "num_masks": 8,
                            "cells": 3, "chunk_size": 3}),
 }
 LABEL_FREE = {"lafam", "relax"}
 TOL = dict(rtol=2e-4, atol=2e-6)
+
+
+def _assert_close(name, actual, desired):
+  """SLOC fits maps to probability differences scaled by C*H*W, and Adam's
+  first steps normalise the gradient, so the forward pass's round-off
+  (which depends on the batch size on XLA:CPU) reaches the map amplified:
+  it is compared to 0.1 % of its largest value instead."""
+  if name == "sloc":
+    scale = float(np.max(np.abs(desired)))
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=1e-3 * scale)
+  else:
+    np.testing.assert_allclose(actual, desired, **TOL)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +82,9 @@ def test_batch_items_are_independent_and_equal_single_calls(name, setup):
   assert full.shape == (3, 12, 20)
   assert bool(jnp.all(jnp.isfinite(full)))
   single = _run(name, setup, x[1:2], t[1:2])
-  np.testing.assert_allclose(full[1], single[0], **TOL)
+  _assert_close(name, full[1], single[0])
   other = x.at[0].set(-x[0]).at[2].set(x[2] * 3.0)
-  np.testing.assert_allclose(_run(name, setup, other, t)[1], full[1], **TOL)
+  _assert_close(name, _run(name, setup, other, t)[1], full[1])
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - LABEL_FREE))
@@ -79,8 +94,7 @@ def test_class_set_targets_equal_single_target_calls(name, setup):
   maps = _run(name, setup, x, multi)
   assert maps.shape == (3, 2, 12, 20)
   for j in range(2):
-    np.testing.assert_allclose(maps[:, j], _run(name, setup, x, multi[:, j]),
-                               **TOL)
+    _assert_close(name, maps[:, j], _run(name, setup, x, multi[:, j]))
   assert not np.allclose(maps[0, 0], maps[0, 1])   # classes really differ
 
 
@@ -89,11 +103,11 @@ def test_jit_equals_no_jit_and_same_key_same_output(name, setup):
   x = setup[2]
   t = jnp.array([2, 0, 1])
   eager = _run(name, setup, x, t)
-  np.testing.assert_allclose(_run(name, setup, x, t, jit=True), eager, **TOL)
+  _assert_close(name, _run(name, setup, x, t, jit=True), eager)
   np.testing.assert_array_equal(_run(name, setup, x, t), eager)
 
 
-@pytest.mark.parametrize("name", ["smoothgrad", "rise", "relax"])
+@pytest.mark.parametrize("name", ["smoothgrad", "rise", "relax", "sloc"])
 def test_a_different_key_gives_a_different_map(name, setup):
   plain, guided, x = setup
   method, kwargs = METHODS[name]
