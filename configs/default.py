@@ -59,6 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evaluation.smoothgrad_samples = 2
     c.evaluation.sanity_images = 4
     c.evaluation.sanity_keys = 2
+    c.evaluation.sloc_masks = 16
+    c.evaluation.sloc_steps = 20
+    c.evaluation.sloc_calibration_images = 4
+    c.evaluation.faithfulness_images = 8
+    c.evaluation.faithfulness_steps = 4
   elif arg == "resnet18":
     c.model.name = "resnet18"
     c.model.kwargs = ml_collections.ConfigDict(

@@ -46,8 +46,8 @@ def _is_concrete(x) -> bool:
 def check_finite_images(x: jax.Array, *, name: str = "x") -> None:
   """Images must be a float ``[B, H, W, C]`` batch of finite numbers."""
   check_images(x, name=name)
-  if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-    bad = int(jnp.sum(~jnp.isfinite(x)))
+  if _is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+    bad = int(np.sum(~np.isfinite(np.asarray(x))))
     raise ValueError(f"{name} has {bad} non-finite values (NaN or inf); "
                      "attributions of such inputs are meaningless")
 
@@ -60,11 +60,14 @@ def make_targets(targets, batch: int, num_classes: int) -> Targets:
       raise ValueError(
           f"integer targets must be [B] or [B, C'] with B = {batch}; got "
           f"shape {t.shape}")
-    if _is_concrete(t) and t.size and (int(t.min()) < 0
-                                       or int(t.max()) >= num_classes):
-      raise ValueError(
-          f"targets must be class indices in [0, {num_classes}); got values "
-          f"in [{int(t.min())}, {int(t.max())}]")
+    if _is_concrete(t) and t.size:
+      # NumPy: a concrete array captured by a jitted function still traces
+      # under jnp reductions.
+      lo, hi = int(np.min(np.asarray(t))), int(np.max(np.asarray(t)))
+      if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"targets must be class indices in [0, {num_classes}); got "
+            f"values in [{lo}, {hi}]")
     one_hot = jax.nn.one_hot(t, num_classes, dtype=jnp.float32)
     if t.ndim == 1:
       return Targets(one_hot[None], multi=False)

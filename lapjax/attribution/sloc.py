@@ -116,8 +116,8 @@ def _check_fit_inputs(masks, responses, init) -> None:
   if responses.shape != (n,):
     raise ValueError(f"responses must be [N] = [{n}] (one per mask); got "
                      f"shape {responses.shape}")
-  if core._is_concrete(responses) and not bool(
-      jnp.all(jnp.isfinite(responses))):
+  if core._is_concrete(responses) and not np.all(
+      np.isfinite(np.asarray(responses))):
     raise ValueError("responses contain NaN or inf: the model's outputs on "
                      "the masked inputs are not finite")
 
@@ -163,8 +163,9 @@ def sloc_fit(masks: gm.Masks, responses: jax.Array, init: jax.Array, *,
   _check_fit_inputs(masks, responses, init)
   core.check_positive("steps", steps)
   sizes = gm.mask_sizes(masks)
-  if core._is_concrete(sizes) and bool(jnp.any(sizes == 0)):
-    raise ValueError(f"{int(jnp.sum(sizes == 0))} masks have no pixel on; "
+  if core._is_concrete(sizes) and np.any(np.asarray(sizes) == 0):
+    raise ValueError(f"{int(np.sum(np.asarray(sizes) == 0))} masks have no "
+                     "pixel on; "
                      "their completeness term is undefined (drop or redraw "
                      "them)")
   if not isinstance(masks, (gm.GridMasks, list, tuple)):
@@ -250,8 +251,10 @@ def _masked_scores(classifier: Classifier, problem: _Problem, fetch,
     return _scores(classifier, xs.reshape(-1, *problem.x.shape[1:]),
                    problem.cot, problem.response).T
 
-  return core.chunked_map(chunk, jnp.arange(n),
-                          core.points_per_pass(chunk_size, p)).T
+  # As many passes as chunk_size needs, evenly filled (little padding).
+  per_pass = core.points_per_pass(chunk_size, p)
+  per_pass = -(-n // -(-n // per_pass))
+  return core.chunked_map(chunk, jnp.arange(n), per_pass).T
 
 
 def _grid_scores(classifier: Classifier, problem: _Problem,
@@ -320,11 +323,17 @@ def quantile_idd(classifier: Classifier, problem: _Problem, maps: jax.Array,
   levels = jnp.linspace(0.0, 1.0, MONITOR_LEVELS)
   pairs, snaps = maps.shape[:2]
   q = jnp.quantile(maps.reshape(pairs, snaps, -1), levels, axis=-1)
-  q = jnp.moveaxis(q, 0, -1)[..., None, None]                # [P, S, L, 1, 1]
-  keep = jnp.concatenate([maps[:, :, None] > q, maps[:, :, None] < q], 2)
-  keep = keep.reshape(pairs, -1, *maps.shape[2:]).astype(jnp.float32)
-  s = _masked_scores(classifier, problem._replace(response="prob"),
-                     lambda idx: keep[:, idx], keep.shape[1], chunk_size)
+  q = jnp.moveaxis(q, 0, -1)                                   # [P, S, L]
+
+  def fetch(idx):                  # idx = (snapshot * 2 + kind) * L + level
+    snap, rest = idx // (2 * MONITOR_LEVELS), idx % (2 * MONITOR_LEVELS)
+    a = maps[:, snap]                                          # [P, n, H, W]
+    t = q[:, snap, rest % MONITOR_LEVELS][..., None, None]
+    insert = (rest < MONITOR_LEVELS)[None, :, None, None]
+    return jnp.where(insert, a > t, a < t).astype(jnp.float32)
+
+  s = _masked_scores(classifier, problem._replace(response="prob"), fetch,
+                     snaps * 2 * MONITOR_LEVELS, chunk_size)
   s = s.reshape(pairs, snaps, 2, MONITOR_LEVELS)
   auc = (s[..., 1:] + s[..., :-1]).mean(-1) / 2
   return auc[:, :, 0] - auc[:, :, 1]
@@ -388,7 +397,9 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
 
   Returns:
     ``[B, H, W]`` (or ``[B, C', H, W]``) signed, unnormalised maps at input
-    resolution.
+    resolution. A model whose outputs are not finite raises a
+    ``ValueError``; under an outer ``jit`` the maps are NaN instead. A model
+    whose response to every mask is the same gives a zero map.
 
   References:
     "Soft Local Completeness: Rethinking Completeness in XAI" (paper 004).
@@ -419,21 +430,25 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
                        f"{size[1]}]; got shape {masks.shape}")
     _check_fit_inputs(masks, jnp.zeros(masks.shape[:1]),
                       jnp.zeros(size))
-    if core._is_concrete(masks) and bool(jnp.any(
-        gm.mask_sizes(masks.astype(jnp.float32)) == 0)):
+    if core._is_concrete(masks) and np.any(
+        np.asarray(masks).reshape(masks.shape[0], -1).sum(1) == 0):
       raise ValueError("masks: some masks have no pixel on")
     masks = masks.astype(jnp.float32)
   problem = _make_problem(x, t, baseline, blur_sigma, response)
   snaps = () if monitor_from is None else monitor_steps(steps, monitor_every,
                                                         monitor_from)
-  maps = _sloc(classifier, problem.x, problem.base, problem.cot, key, masks,
-               response=response, p=p, patch_sizes=patch_sizes,
-               num_masks=num_masks, p_candidates=tuple(p_candidates),
-               tune_masks=tune_masks, steps=steps,
-               learning_rate=learning_rate,
-               lr_decay=None if lr_decay is None else tuple(lr_decay),
-               weights=tuple(weights), path=path, snapshots=snaps,
-               chunk_size=chunk_size)
+  maps, finite = _sloc(
+      classifier, problem.x, problem.base, problem.cot, key, masks,
+      response=response, p=p, patch_sizes=patch_sizes, num_masks=num_masks,
+      p_candidates=tuple(p_candidates), tune_masks=tune_masks, steps=steps,
+      learning_rate=learning_rate,
+      lr_decay=None if lr_decay is None else tuple(lr_decay),
+      weights=tuple(weights), path=path, snapshots=snaps,
+      chunk_size=chunk_size)
+  if core._is_concrete(finite) and not bool(finite):
+    raise ValueError("the model's outputs on the masked inputs (or on x or "
+                     "the baseline) are not finite: SLOC's responses would "
+                     "be NaN or inf")
   return core.finish(maps.reshape(t.cotangents.shape[0], *x.shape[:3]), t)
 
 
@@ -444,8 +459,9 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
 def _sloc(classifier: Classifier, x, base, cot, key, masks, *, response, p,
           patch_sizes, num_masks, p_candidates, tune_masks, steps,
           learning_rate, lr_decay, weights, path, snapshots, chunk_size
-          ) -> jax.Array:
-  """``[P, H, W]`` maps of validated pairs (compiled once per setting)."""
+          ) -> tuple[jax.Array, jax.Array]:
+  """``([P, H, W] maps, whether all responses are finite)`` of validated
+  pairs (compiled once per setting)."""
   problem = _Problem(x, base, cot, response)
   pairs, h, w, c = x.shape
   size = (h, w)
@@ -481,12 +497,13 @@ def _sloc(classifier: Classifier, x, base, cot, key, masks, *, response, p,
     out = jax.lax.map(lambda a: fit(*a), (fit_masks, responses, init))
   else:
     out = jax.vmap(fit)(fit_masks, responses, init)
+  finite = jnp.all(jnp.isfinite(responses)) & jnp.all(jnp.isfinite(total))
   if not snapshots:
-    return out
+    return out, finite
   history = out[1]
   idd = quantile_idd(classifier, problem, history, chunk_size=chunk_size)
   return jnp.take_along_axis(
-      history, jnp.argmax(idd, axis=1)[:, None, None, None], 1)[:, 0]
+      history, jnp.argmax(idd, axis=1)[:, None, None, None], 1)[:, 0], finite
 
 
 def sloc_xp(classifier: Classifier, x: jax.Array, targets, *, p, key,

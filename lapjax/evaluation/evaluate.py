@@ -121,10 +121,18 @@ def _explanation_report(config, model, state, source, workdir,
   n = min(e.num_images, source.num_examples)
   batch = source.get(np.arange(n))
   key = jax.random.key(e.seed)
+  sloc_p = None
+  if "sloc_xp" in e.methods:
+    val, _ = sources.make_source(config.data, "validation")
+    v = val.get(np.arange(min(e.sloc_calibration_images, val.num_examples)))
+    sloc_p = attr.calibrate_p(clf, v["image"], v["label"],
+                              key=jax.random.fold_in(key, 7))
   table = standard_methods(e.layer, key=key,
                            image_size=batch["image"].shape[1],
                            ig_steps=e.ig_steps, rise_masks=e.rise_masks,
-                           smoothgrad_samples=e.smoothgrad_samples)
+                           smoothgrad_samples=e.smoothgrad_samples,
+                           sloc_masks=e.sloc_masks, sloc_steps=e.sloc_steps,
+                           sloc_p=sloc_p)
   unknown = [m for m in e.methods if m not in table]
   if unknown:
     raise ValueError(f"unknown config.evaluation.methods {unknown}; "
@@ -135,6 +143,9 @@ def _explanation_report(config, model, state, source, workdir,
   scores = {name: {metric: nan_summary(v) for metric, v in
                    explanations.localization_scores(m, batch["mask"]).items()}
             for name, m in maps.items()}
+  faithfulness = _faithfulness_report(clf, batch, maps, e, key)
+  if sloc_p is not None:
+    faithfulness["sloc_xp_p"] = list(sloc_p)
   shown = np.flatnonzero(batch["label"] > 0)[:e.figure_images]
   viz.explanation_grid(batch["image"][shown], batch["mask"][shown],
                        {k: v[shown] for k, v in maps.items()},
@@ -161,5 +172,25 @@ def _explanation_report(config, model, state, source, workdir,
   viz.sanity_curves(sanity, os.path.join(workdir, "sanity.png"))
   return {"explanations": {"n_images": int(n), "targets": "true class",
                            "scores": scores},
+          "faithfulness": faithfulness,
           "sanity": sanity}
+
+
+def _faithfulness_report(clf, batch, maps, e, key) -> dict[str, Any]:
+  """Faithfulness metrics of every method on the first
+  ``e.faithfulness_images`` correctly classified images with a clue."""
+  logits = np.asarray(jax.jit(clf.apply)(batch["image"])[0])
+  ok = np.flatnonzero((batch["label"] > 0)
+                      & (logits.argmax(-1) == batch["label"]))
+  ok = ok[:e.faithfulness_images]
+  if not len(ok):
+    return {}
+  scores, skipped = {}, {}
+  for name, m in maps.items():
+    values, skipped[name] = explanations.faithfulness_scores(
+        clf, batch["image"][ok], batch["label"][ok], m[ok],
+        key=jax.random.fold_in(key, 3), steps=e.faithfulness_steps)
+    scores[name] = {k: nan_summary(v) for k, v in values.items()}
+  return {"n_images": int(len(ok)), "sic_aic_skipped": skipped,
+          "scores": scores}
 

@@ -1,4 +1,5 @@
-"""Every configured attribution method scored by every localisation metric.
+"""Every configured attribution method scored by every localisation metric
+and every faithfulness metric.
 
 Maps explain each test image's true class. Metrics (``lapjax.metrics``),
 per image, NaN where undefined (the background-only class has an empty clue
@@ -38,6 +39,37 @@ def localization_scores(maps: jax.Array, masks: jax.Array
       "sparseness": metrics.sparseness(maps),
   }
   return {name: np.asarray(v) for name, v in out.items()}
+
+
+def faithfulness_scores(classifier: Classifier, images: np.ndarray,
+                        labels: np.ndarray, maps: np.ndarray, *,
+                        key: jax.Array, steps: int = 20, batch_size: int = 32
+                        ) -> tuple[dict[str, np.ndarray], int]:
+  """``({metric: [N]}, SIC/AIC skipped count)`` for maps ``[N, H, W]`` of
+  the ``labels`` (use correctly classified images, so that the explained
+  class is also the prediction SIC / AIC explain).
+
+  POS / NEG (top-1 accuracy, 0-90 %), DEL / INS (probability, ``steps`` + 1
+  points), NPD = NEG - POS, IDD = INS - DEL, AIC / SIC
+  (``metrics.faithfulness``); black baseline; AUCs in percent.
+  """
+  out: dict[str, list] = {k: [] for k in ("pos", "neg", "del", "ins", "npd",
+                                          "idd", "aic", "sic")}
+  skipped = 0
+  pos_neg = jax.jit(lambda x, m, t: metrics.positive_negative(
+      classifier, x, m, t))
+  ins_del = jax.jit(lambda x, m, t: metrics.insertion_deletion(
+      classifier, x, m, t, steps=steps))
+  for i in range(0, len(images), batch_size):
+    x = jnp.asarray(images[i:i + batch_size])
+    m = jnp.asarray(maps[i:i + batch_size])
+    t = jnp.asarray(labels[i:i + batch_size], jnp.int32)
+    scores = {**pos_neg(x, m, t), **ins_del(x, m, t)}
+    pic = metrics.sic_aic(classifier, x, m, key=jax.random.fold_in(key, i))
+    skipped += pic["n_skipped"]
+    for k in out:
+      out[k].append(np.asarray(pic[k] if k in ("aic", "sic") else scores[k]))
+  return {k: np.concatenate(v) for k, v in out.items()}, skipped
 
 
 def explain(classifier: Classifier, guided: Classifier,

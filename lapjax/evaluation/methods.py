@@ -21,9 +21,14 @@ class Method:
 
 def standard_methods(layer: str, *, key: jax.Array, image_size: int,
                      ig_steps: int = 32, rise_masks: int = 500,
-                     smoothgrad_samples: int = 16) -> dict[str, Method]:
+                     smoothgrad_samples: int = 16, sloc_masks: int = 500,
+                     sloc_steps: int = 501,
+                     sloc_p: tuple[float, ...] | None = None
+                     ) -> dict[str, Method]:
   """Every lapjax method; CAMs at ``layer``, occlusion windows of
-  ``image_size // 8`` pixels at half-window stride."""
+  ``image_size // 8`` pixels at half-window stride; ``sloc_xp`` only when
+  ``sloc_p`` (``attribution.calibrate_p``) is given."""
+  sloc = {"key": key, "num_masks": sloc_masks, "steps": sloc_steps}
   window = max(1, image_size // 8)
   return {
       "gradient": Method(attr.gradient, {}),
@@ -45,4 +50,8 @@ def standard_methods(layer: str, *, key: jax.Array, image_size: int,
           "stride": (max(1, window // 2), max(1, window // 2))}),
       "rise": Method(attr.rise, {"key": key, "num_masks": rise_masks}),
       "lafam": Method(attr.lafam, {"layer": layer}, label_free=True),
+      "sloc": Method(attr.sloc, sloc),
+      "sloc_m": Method(attr.sloc_m, sloc),
+      **({"sloc_xp": Method(attr.sloc_xp, {**sloc, "p": sloc_p})}
+         if sloc_p is not None else {}),
   }

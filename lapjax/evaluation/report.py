@@ -48,6 +48,21 @@ def _explanation_tables(report: dict[str, Any]) -> list[str]:
     cells = [f"{s['mean']:.3f} ± {s['std']:.3f} (n={s['n']}, NaN={s['nan']})"
              for s in per_metric.values()]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  faith = report.get("faithfulness", {})
+  if faith.get("scores"):
+    names = list(next(iter(faith["scores"].values())))
+    lines += ["", f"## Faithfulness ({faith['n_images']} correctly "
+              "classified clue images; AUCs in percent)", "",
+              "POS, DEL lower is better; NEG, INS, NPD = NEG - POS, IDD = "
+              "INS - DEL, AIC, SIC higher is better. Mean ± std; SIC/AIC "
+              "skip images failing PAIR's confidence filters.", "",
+              "| method | " + " | ".join(n.upper() for n in names)
+              + " | SIC/AIC skipped |", "|---" * (len(names) + 2) + "|"]
+    for method, per_metric in faith["scores"].items():
+      cells = [f"{s['mean']:.1f} ± {s['std']:.1f}"
+               for s in per_metric.values()]
+      lines.append(f"| {method} | " + " | ".join(cells)
+                   + f" | {faith['sic_aic_skipped'][method]} |")
   sanity = report.get("sanity", {})
   if sanity:
     first = next(iter(sanity.values()))

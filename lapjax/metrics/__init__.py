@@ -7,6 +7,11 @@ from lapjax.metrics.classification import (
                                            f1_scores,
 )
 from lapjax.metrics.complexity import sparseness
+from lapjax.metrics.faithfulness import (
+                                           insertion_deletion,
+                                           positive_negative,
+                                           sic_aic,
+)
 from lapjax.metrics.localization import (
                                            f1,
                                            iou,
@@ -21,7 +26,8 @@ from lapjax.metrics.localization import (
 
 __all__ = [
     "balanced_accuracy", "classification_summary", "confusion_matrix", "f1",
-    "f1_scores", "iou", "nan_summary", "pointing_game", "region_attribution",
-    "relevance_mass_accuracy", "relevance_rank_accuracy", "roc_auc",
-    "sparseness", "top_k_intersection",
+    "f1_scores", "insertion_deletion", "iou", "nan_summary", "pointing_game",
+    "positive_negative", "region_attribution", "relevance_mass_accuracy",
+    "relevance_rank_accuracy", "roc_auc", "sic_aic", "sparseness",
+    "top_k_intersection",
 ]

@@ -61,10 +61,10 @@ def _check(classifier, x, maps, targets):
     raise ValueError(f"targets must be int [B] = [{x.shape[0]}] (the "
                      f"explained classes); got {t.dtype} {t.shape}")
   k = core.num_classes_of(classifier, x)
-  if core._is_concrete(t) and t.size and (int(t.min()) < 0
-                                          or int(t.max()) >= k):
-    raise ValueError(f"targets must be in [0, {k}); got [{int(t.min())}, "
-                     f"{int(t.max())}]")
+  if core._is_concrete(t) and t.size:
+    lo, hi = int(np.min(np.asarray(t))), int(np.max(np.asarray(t)))
+    if lo < 0 or hi >= k:
+      raise ValueError(f"targets must be in [0, {k}); got [{lo}, {hi}]")
   return x, maps, t
 
 

@@ -59,12 +59,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluation.methods = (            # names in evaluation/methods.py
       "gradient", "input_x_gradient", "integrated_gradients", "smoothgrad",
       "guided_backprop", "grad_cam", "grad_cam_plus_plus", "layer_cam",
-      "guided_grad_cam", "score_cam", "occlusion", "rise", "lafam")
+      "guided_grad_cam", "score_cam", "occlusion", "rise", "lafam", "sloc")
   c.evaluation.num_images = 128       # test images explained and scored
   c.evaluation.figure_images = 6      # rows of explanations.png
   c.evaluation.ig_steps = 32          # integrated gradients path points
   c.evaluation.rise_masks = 500       # RISE masks
   c.evaluation.smoothgrad_samples = 16
+  c.evaluation.sloc_masks = 500       # SLOC masks per patch size
+  c.evaluation.sloc_steps = 501       # SLOC Adam steps
+  c.evaluation.sloc_calibration_images = 64  # validation images, sloc_xp
+  c.evaluation.faithfulness_images = 64  # correctly classified clue images
+  c.evaluation.faithfulness_steps = 20   # insertion / deletion steps
   c.evaluation.sanity_methods = ("gradient", "grad_cam", "guided_backprop")
   c.evaluation.sanity_images = 16     # images of the randomisation check
   c.evaluation.sanity_keys = 3        # randomisation draws, averaged

@@ -3,17 +3,21 @@
 with known answers, and bad input. Batch, key, jit and multi-target
 properties are in test_properties.py."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lapjax import Classifier, metrics
 from lapjax import attribution as attr
-from lapjax import metrics
 from lapjax.attribution import grid_masks as gm
-from lapjax.attribution import sloc as S
 from tests.attribution import sloc_reference
 from tests.attribution.models import linear_classifier
+
+# The module; ``attr.sloc`` is the method.
+S = importlib.import_module("lapjax.attribution.sloc")
 
 SIZE = (12, 16)                       # H != W
 
@@ -222,6 +226,18 @@ def test_non_finite_responses_are_refused(problem):
   bad[3] = np.nan
   with pytest.raises(ValueError, match="NaN or inf"):
     S.sloc_fit(masks, bad, init)
+
+
+def test_a_model_with_non_finite_outputs_is_refused():
+  def apply(x, deltas=None):
+    del deltas
+    logits = jnp.stack([x.mean((1, 2, 3)), jnp.log(x.min((1, 2, 3)))], -1)
+    return logits, {}
+  clf = Classifier(apply=apply, layers=())
+  x = jnp.ones((1, *SIZE, 3))          # masked inputs have zeros: log 0
+  with pytest.raises(ValueError, match="not finite"):
+    S.sloc(clf, x, jnp.array([0]), key=jax.random.key(0), num_masks=4,
+           tune_masks=3, steps=3, response="logit")
 
 
 def test_user_masks_take_the_dense_path(small):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from configs import default
+from configs import default, sloc
 from lapjax.data import sources
 from lapjax.evaluation.evaluate import evaluate
 from lapjax.train import load_state, predict, train_and_evaluate
@@ -55,6 +55,24 @@ def test_report_files_and_numbers(run):
   assert "## Explanations" in md and "## Cascading randomisation" in md
   for f in ("explanations.png", "sanity.png"):
     assert (run / f).stat().st_size > 10_000
+
+
+def test_sloc_config_adds_slocs_and_the_faithfulness_table(run):
+  config = sloc.get_config("tiny")
+  report = evaluate(config, str(run))
+  assert {"sloc", "sloc_xp", "sloc_m"} <= set(report["explanations"]["scores"])
+  faith = report["faithfulness"]
+  assert all(p in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65,
+                   0.7, 0.75, 0.8) for p in faith["sloc_xp_p"])
+  assert 1 <= faith["n_images"] <= config.evaluation.faithfulness_images
+  for per_metric in faith["scores"].values():
+    assert list(per_metric) == ["pos", "neg", "del", "ins", "npd", "idd",
+                                "aic", "sic"]
+    for name in ("pos", "neg", "del", "ins"):
+      s = per_metric[name]
+      assert s["n"] == faith["n_images"] and 0 <= s["mean"] <= 100
+  md = (run / "report.md").read_text()
+  assert "## Faithfulness" in md and "| sloc_m |" in md
 
 
 def test_no_checkpoint_is_explained(tmp_path):
