@@ -7,9 +7,9 @@ the checkpoint ``make demo`` trains (no new training)::
   python evaluate.py --config configs/sloc.py --workdir runs/default
 
 ``report.md`` then holds, besides the localisation table, POS, NEG, DEL,
-INS, NPD, IDD, AIC and SIC for every method below on the first 64 correctly
-classified clue images, SLOC's three versions included (``sloc_xp``'s p is
-calibrated on 64 validation images). Results and timings:
+INS, NPD, IDD, AIC and SIC for every method below on the first 64 clue
+images (explaining the true class), SLOC's three versions included
+(``sloc_xp``'s p is calibrated on 64 validation images). Results and timings:
 docs/benchmarks.md ("SLOC"). Variant ``tiny`` (``configs/sloc.py:tiny``)
 runs the same path in seconds on the tiny run of ``configs/default.py:tiny``.
 """

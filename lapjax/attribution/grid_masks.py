@@ -135,7 +135,13 @@ def _check_p(p) -> None:
                        f"got {p}")
 
 
-def concat(masks: Sequence[GridMasks] | GridMasks) -> list[GridMasks]:
+def is_grid(masks: Masks) -> bool:
+  """Grid masks (one set or a sequence of sets), not a dense array."""
+  return isinstance(masks, (GridMasks, list, tuple))
+
+
+def as_list(masks: Sequence[GridMasks] | GridMasks) -> list[GridMasks]:
+  """One grid mask set or a sequence of them, as a list."""
   return [masks] if isinstance(masks, GridMasks) else list(masks)
 
 
@@ -198,21 +204,21 @@ def masked_sums(a: jax.Array, masks: Masks) -> jax.Array:
       them (sums concatenated in order). Grid masks use the summed-area-table
       path; its gradient is exact (a difference array), never dense.
   """
-  if isinstance(masks, (GridMasks, list, tuple)):
-    return jnp.concatenate([_grid_sums(a, m) for m in concat(masks)])
+  if is_grid(masks):
+    return jnp.concatenate([_grid_sums(a, m) for m in as_list(masks)])
   return jnp.einsum("nhw,hw->n", masks, a,
                     preferred_element_type=jnp.float32)
 
 
 def mask_sizes(masks: Masks) -> jax.Array:
   """``[N]`` float32: on pixels per mask."""
-  if isinstance(masks, (GridMasks, list, tuple)):
-    return jnp.concatenate([m.sizes() for m in concat(masks)])
+  if is_grid(masks):
+    return jnp.concatenate([m.sizes() for m in as_list(masks)])
   return jnp.sum(masks, axis=(1, 2), dtype=jnp.float32)
 
 
 def to_dense(masks: Masks, size: tuple[int, int]) -> jax.Array:
   """Any masks as dense ``[N, H, W]`` float32."""
-  if isinstance(masks, (GridMasks, list, tuple)):
-    return jnp.concatenate([m.to_dense(size) for m in concat(masks)])
+  if is_grid(masks):
+    return jnp.concatenate([m.to_dense(size) for m in as_list(masks)])
   return jnp.asarray(masks, jnp.float32)

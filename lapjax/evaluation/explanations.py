@@ -46,8 +46,7 @@ def faithfulness_scores(classifier: Classifier, images: np.ndarray,
                         key: jax.Array, steps: int = 20, batch_size: int = 32
                         ) -> tuple[dict[str, np.ndarray], int]:
   """``({metric: [N]}, SIC/AIC skipped count)`` for maps ``[N, H, W]`` of
-  the ``labels`` (use correctly classified images, so that the explained
-  class is also the prediction SIC / AIC explain).
+  the ``labels``, every metric explaining the label's class.
 
   POS / NEG (top-1 accuracy, 0-90 %), DEL / INS (probability, ``steps`` + 1
   points), NPD = NEG - POS, IDD = INS - DEL, AIC / SIC
@@ -65,7 +64,7 @@ def faithfulness_scores(classifier: Classifier, images: np.ndarray,
     m = jnp.asarray(maps[i:i + batch_size])
     t = jnp.asarray(labels[i:i + batch_size], jnp.int32)
     scores = {**pos_neg(x, m, t), **ins_del(x, m, t)}
-    pic = metrics.sic_aic(classifier, x, m, key=jax.random.fold_in(key, i))
+    pic = metrics.sic_aic(classifier, x, m, t, key=jax.random.fold_in(key, i))
     skipped += pic["n_skipped"]
     for k in out:
       out[k].append(np.asarray(pic[k] if k in ("aic", "sic") else scores[k]))

@@ -51,8 +51,9 @@ def _explanation_tables(report: dict[str, Any]) -> list[str]:
   faith = report.get("faithfulness", {})
   if faith.get("scores"):
     names = list(next(iter(faith["scores"].values())))
-    lines += ["", f"## Faithfulness ({faith['n_images']} correctly "
-              "classified clue images; AUCs in percent)", "",
+    lines += ["", f"## Faithfulness ({faith['n_images']} clue images, "
+              f"{faith['misclassified']} misclassified; maps and scores for "
+              "the true class; AUCs in percent)", "",
               "POS, DEL lower is better; NEG, INS, NPD = NEG - POS, IDD = "
               "INS - DEL, AIC, SIC higher is better. Mean ± std; SIC/AIC "
               "skip images failing PAIR's confidence filters.", "",

@@ -202,8 +202,9 @@ def webp_information(images: np.ndarray) -> np.ndarray:
   return np.asarray(sizes, np.float64).reshape(np.shape(images)[:-3])
 
 
-def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array, *,
-            key: jax.Array, thresholds: Sequence[float] = PIC_THRESHOLDS,
+def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array,
+            targets: jax.Array | None = None, *, key: jax.Array,
+            thresholds: Sequence[float] = PIC_THRESHOLDS,
             blur_sigma: float | None = None, random_fraction: float = 0.01,
             min_pred_value: float = 0.8,
             information: Callable[[np.ndarray], np.ndarray] = webp_information,
@@ -211,7 +212,8 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array, *,
             chunk_size: int = 64) -> dict[str, np.ndarray | int]:
   """Softmax and accuracy information curves (Kapishnikov et al. 2019).
 
-  The explained class ``c`` is the model's prediction on the clean image.
+  The explained class ``c`` is ``targets`` or, if None, the model's
+  prediction on the clean image (PAIR's choice).
   The start image is the Gaussian-blurred image (``blur_sigma``, default a
   tenth of the shorter side) with a random ``random_fraction`` of pixels
   sharp (from ``key``); at each threshold ``f`` the top ``f`` fraction of
@@ -234,7 +236,8 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array, *,
   per-image AUCs. Information is computed on the host.
 
   Args:
-    x: ``[B, H, W, C]``; ``maps``: ``[B, H, W]`` for the predicted class.
+    x: ``[B, H, W, C]``; ``maps``: ``[B, H, W]`` for the explained class.
+    targets: ``[B]`` explained classes, or None for the predictions.
     to_pixels: maps model inputs to ``[0, 1]`` pixels for ``information``
       (default: identity, clipped).
 
@@ -244,7 +247,7 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array, *,
   """
   x = jnp.asarray(x)
   logits = classifier.apply(x)[0]
-  pred = jnp.argmax(logits, -1)
+  pred = jnp.argmax(logits, -1) if targets is None else targets
   x, maps, pred = _check(classifier, x, maps, pred)
   b, h, w = maps.shape
   f = np.asarray(thresholds, np.float64)

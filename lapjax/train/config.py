@@ -68,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluation.sloc_masks = 500       # SLOC masks per patch size
   c.evaluation.sloc_steps = 501       # SLOC Adam steps
   c.evaluation.sloc_calibration_images = 64  # validation images, sloc_xp
-  c.evaluation.faithfulness_images = 64  # correctly classified clue images
+  c.evaluation.faithfulness_images = 64  # clue images (true class)
   c.evaluation.faithfulness_steps = 20   # insertion / deletion steps
   c.evaluation.sanity_methods = ("gradient", "grad_cam", "guided_backprop")
   c.evaluation.sanity_images = 16     # images of the randomisation check
