@@ -54,6 +54,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 250       # evaluation batch (padded, masked)
   c.multihost = False           # call jax.distributed.initialize() first
 
+  c.explain_loss = ml_collections.ConfigDict()  # paper 001 (explain_loss)
+  c.explain_loss.type = "cross_entropy"  # or a score in explain_loss.SCORES
+  c.explain_loss.alpha = 0.5    # L = L_ce + alpha * L_exp, alpha >= 0
+  c.explain_loss.layer = "block4"   # Grad-CAM layer (the last conv block)
+  c.explain_loss.top_k = 0.5    # fraction of heatmap cells kept, (0, 1]
+  c.explain_loss.reading = "mask_values"  # differentiable top-k reading
+  c.explain_loss.temperature = 0.05   # 'sigmoid' / 'straight_through' only
+
   c.evaluation = ml_collections.ConfigDict()   # evaluate.py's explanations
   c.evaluation.layer = "block4"       # CAM / LaFAM layer (the last block)
   c.evaluation.methods = (            # names in evaluation/methods.py
@@ -102,3 +110,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "eval_batch_size"):
     if int(config[name]) < 1:
       raise ValueError(f"config.{name} must be >= 1; got {config[name]}")
+  _validate_explain_loss(config.explain_loss)
+
+
+def _validate_explain_loss(e: ml_collections.ConfigDict) -> None:
+  from lapjax import explain_loss
+
+  types = ("cross_entropy", *explain_loss.SCORES)
+  if e.type not in types:
+    raise ValueError(f"config.explain_loss.type must be one of {types}; got "
+                     f"{e.type!r}")
+  if not e.alpha >= 0:
+    raise ValueError(f"config.explain_loss.alpha must be >= 0; got "
+                     f"{e.alpha}")
+  if not 0 < e.top_k <= 1:
+    raise ValueError(f"config.explain_loss.top_k (fraction of heatmap cells "
+                     f"kept) must be in (0, 1]; got {e.top_k}")
+  if e.reading not in explain_loss.READINGS:
+    raise ValueError(f"config.explain_loss.reading must be one of "
+                     f"{explain_loss.READINGS}; got {e.reading!r}")

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -28,7 +28,10 @@ import numpy as np
 import optax
 import tqdm
 
+from lapjax import explain_loss
+from lapjax.classifier import from_flax
 from lapjax.data import batching, sources
+from lapjax.data import boxes as boxes_lib
 from lapjax.models import create_model
 from lapjax.train import checkpoint, sharding
 from lapjax.train.config import validate
@@ -70,34 +73,72 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+class ExplainLoss(NamedTuple):
+  """The explanation term of the loss (``config.explain_loss``), hashable."""
+  kind: str
+  alpha: float
+  layer: str
+  top_k: float
+  reading: str
+  temperature: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict
+                  ) -> ExplainLoss | None:
+    e = config.explain_loss
+    if e.type == "cross_entropy":
+      return None
+    return cls(e.type, float(e.alpha), e.layer, float(e.top_k), e.reading,
+               float(e.temperature))
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
-               model: nn.Module, tx: optax.GradientTransformation
+               model: nn.Module, tx: optax.GradientTransformation,
+               explain: ExplainLoss | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on a (global) batch; returns the new state, metrics."""
+  """One optimiser step on a (global) batch; returns the new state, metrics.
+
+  With ``explain``, the loss adds ``alpha * L_exp`` (``explain_loss``): the
+  Grad-CAM inside it uses BatchNorm's running statistics, so it is exactly
+  the Grad-CAM lapjax computes for the current parameters.
+  """
   def loss_fn(params):
     logits, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"],
         train=True, mutable=["batch_stats"],
         rngs={"dropout": state.step_key()})
-    loss = cross_entropy_loss(logits, batch["label"])
-    return loss, (logits, updates.get("batch_stats", {}))
+    ce = cross_entropy_loss(logits, batch["label"])
+    parts = {"cross_entropy": ce}
+    loss = ce
+    if explain is not None:
+      clf = from_flax(model, {"params": params,
+                              "batch_stats": state.batch_stats},
+                      layers=[explain.layer])
+      parts["explain"] = explain_loss.training_loss(
+          clf, batch, kind=explain.kind, layer=explain.layer,
+          fraction=explain.top_k, reading=explain.reading,
+          temperature=explain.temperature)
+      loss = ce + explain.alpha * parts["explain"]
+    return loss, (logits, updates.get("batch_stats", {}), parts)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+  (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1,
                             params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  return new_state, {"loss": loss, "accuracy": accuracy}
+  extra = parts if explain is not None else {}
+  return new_state, {"loss": loss, "accuracy": accuracy, **extra}
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh):
+                    mesh: jax.sharding.Mesh,
+                    explain: ExplainLoss | None = None):
   """``train_step`` jitted over ``mesh``: batch split on 'data', state
   replicated, the input state donated."""
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx),
+      functools.partial(train_step, model=model, tx=tx, explain=explain),
       in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
       out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
       donate_argnums=0)
@@ -199,7 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  step_fn = make_train_step(model, tx, mesh)
+  explain = ExplainLoss.from_config(config)
+  keys = ("image", "label") + (("boxes", "boxes_valid") if explain else ())
+  step_fn = make_train_step(model, tx, mesh, explain)
   local_batch = config.batch_size // jax.process_count()
   start = int(state.step)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
@@ -210,9 +253,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for step in range(start, config.num_steps):
       host_batch = batching.train_batch(
           train_source, config.batch_size, step, config.data.seed)
+      if explain:
+        missing = [k for k in keys if k not in host_batch]
+        if missing:
+          raise ValueError(f"config.explain_loss needs boxes; data "
+                           f"{config.data.name!r} gives no {missing}")
+        boxes_lib.validate_boxes(
+            host_batch["boxes"][host_batch["boxes_valid"]],
+            *host_batch["image"].shape[1:3])
       host_batch = {k: host_batch[k][jax.process_index() * local_batch:
                                      (jax.process_index() + 1) * local_batch]
-                    for k in ("image", "label")}
+                    for k in keys}
       state, metrics = step_fn(state, sharding.shard_batch(host_batch, mesh))
       sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
       window += 1

@@ -1,0 +1,91 @@
+"""Training with the explanation loss (paper 001) through the config."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from lapjax.data import batching, sources
+from lapjax.models import create_model
+from lapjax.train import train_and_evaluate
+from lapjax.train.config import validate
+from lapjax.train.loop import ExplainLoss, make_optimizer, train_step
+from lapjax.train.state import create_train_state
+
+
+def _config(kind="logit_sqr"):
+  c = default.get_config("tiny")
+  c.data.binary = True
+  c.explain_loss.type = kind
+  c.explain_loss.layer = "block2"
+  return c
+
+
+def _setup(config):
+  source, info = sources.make_source(config.data, "train")
+  model = create_model(config.model.name, num_classes=info["num_classes"],
+                       **config.model.kwargs)
+  tx, _ = make_optimizer(config)
+  state = create_train_state(model, tx, jax.random.key(0),
+                             info["image_shape"])
+  return source, model, tx, state
+
+
+def _batch(source, config, step):
+  b = batching.train_batch(source, config.batch_size, step, 0)
+  return {k: b[k] for k in ("image", "label", "boxes", "boxes_valid")}
+
+
+def test_explain_step_is_deterministic_and_reports_both_terms():
+  config = _config()
+  source, model, tx, state0 = _setup(config)
+  explain = ExplainLoss.from_config(config)
+  step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx,
+                                         explain=explain))
+  runs = []
+  for _ in range(2):
+    state = state0
+    for s in range(3):
+      state, metrics = step(state, _batch(source, config, s))
+    runs.append((state, metrics))
+  for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):
+    np.testing.assert_array_equal(a, b)
+  m = runs[0][1]
+  assert 0.0 <= float(m["explain"]) <= 1.0
+  np.testing.assert_allclose(
+      m["loss"], m["cross_entropy"] + config.explain_loss.alpha
+      * m["explain"], rtol=1e-6)
+  plain = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx))
+  p_state = state0
+  for s in range(3):
+    p_state, _ = plain(p_state, _batch(source, config, s))
+  assert not all(np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(p_state.params), jax.tree.leaves(runs[0][0].params)))
+
+
+def test_train_py_path_runs_with_the_explanation_loss(tmp_path):
+  config = _config("prob_diff")
+  config.num_steps = 4
+  train_and_evaluate(config, str(tmp_path), progress=False)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert sum('"explain"' in line for line in lines) == 1   # log_every 4
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("type", "logits", "explain_loss.type must be one of"),
+    ("alpha", -0.1, "alpha must be >= 0"),
+    ("top_k", 0.0, r"top_k .* \(0, 1\]"),
+    ("top_k", 1.2, r"top_k .* \(0, 1\]"),
+    ("reading", "hard", "reading must be one of")])
+def test_bad_explain_settings_are_refused(field, value, match):
+  config = _config()
+  config.explain_loss[field] = value
+  with pytest.raises(ValueError, match=match):
+    validate(config)
+
+
+def test_unknown_layer_is_named(tmp_path):
+  config = _config()
+  config.explain_loss.layer = "block7"
+  with pytest.raises(ValueError, match=r"unknown layer.*block7"):
+    train_and_evaluate(config, str(tmp_path), progress=False)
