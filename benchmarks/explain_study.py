@@ -15,9 +15,11 @@ grows by 50 % of its side per side and overlapping boxes merge
 accuracy; on the positive ones, Grad-CAM of the positive class (running
 BatchNorm statistics, 8x8, min-max normalised) against the union of the
 same kind of boxes as in training: top- and all-saliency precision (top 50
-%) and annotation coverage (tau 0.01). Results go to
-``docs/explain_study/results.jsonl``; ``--report`` writes ``results.md``
-and the box plots ``alpha.png`` and ``losses.png``.
+%) and annotation coverage (tau 0.01). The loss keeps the top ``--top_k``
+of the heatmap (0.5, the paper's, by default). Results go to
+``docs/explain_study/results.*.jsonl`` (``top_k_<value>/`` for other
+``--top_k``); ``--report`` writes ``results.md`` and the box plots
+``alpha.png`` and ``losses.png`` there.
 """
 
 import argparse
@@ -73,7 +75,7 @@ def settings():
 
 
 def run_one(coarse, kind, alpha, seed, steps, num_test=512,
-            reading="mask_values"):
+            reading="mask_values", top_k=0.5):
   config = study_config(coarse, seed, steps)
   source, info = sources.make_source(config.data, "train")
   model = create_model(config.model.name, num_classes=2,
@@ -82,7 +84,7 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   state = create_train_state(model, tx, jax.random.key(seed),
                              info["image_shape"])
   explain = (None if kind == "cross_entropy" else
-             ExplainLoss(kind, alpha, LAYER, 0.5, reading, 0.05))
+             ExplainLoss(kind, alpha, LAYER, top_k, reading, 0.05))
   step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx,
                                          explain=explain))
   keys = ("image", "label", "boxes", "boxes_valid")
@@ -104,6 +106,7 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   return {
       "boxes": "coarse" if coarse else "exact", "loss": kind,
       "alpha": alpha, "seed": seed, "steps": steps, "reading": reading,
+      "top_k": top_k,
       "accuracy": float(np.mean(logits.argmax(-1) == t["label"])),
       "top_precision": float(np.nanmean(
           saliency.top_saliency_precision(h_hat, mask))),
@@ -115,9 +118,9 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   }
 
 
-def run_shard(shard, num_shards, seeds, steps):
-  os.makedirs(OUT, exist_ok=True)
-  path = os.path.join(OUT, f"results.{shard}.jsonl")
+def run_shard(shard, num_shards, seeds, steps, top_k, out):
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, f"results.{shard}.jsonl")
   done = set()
   if os.path.exists(path):
     for line in open(path):
@@ -128,7 +131,7 @@ def run_shard(shard, num_shards, seeds, steps):
     if i % num_shards != shard or job in done:
       continue
     t0 = time.perf_counter()
-    r = run_one(*job, steps)
+    r = run_one(*job, steps, top_k=top_k)
     r["seconds"] = round(time.perf_counter() - t0, 1)
     with open(path, "a") as f:
       f.write(json.dumps(r) + "\n")
@@ -148,15 +151,15 @@ def compare_readings(shard, num_shards, seeds, steps):
       print(json.dumps(r), flush=True)
 
 
-def report():
+def report(out):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   rows = []
-  for name in sorted(os.listdir(OUT)):
+  for name in sorted(os.listdir(out)):
     if name.startswith("results.") and name.endswith(".jsonl"):
-      rows += [json.loads(line) for line in open(os.path.join(OUT, name))]
+      rows += [json.loads(line) for line in open(os.path.join(out, name))]
   metrics = ("accuracy", "top_precision", "all_precision", "coverage")
   lines = ["# Explanation-aware training study (paper 001)", "",
            f"{len(rows)} runs; mean ± std over seeds.", ""]
@@ -174,7 +177,7 @@ def report():
       lines.append(f"| {loss} | {alpha} | {len(rs)} | " + " | ".join(cells)
                    + " |")
     lines.append("")
-  with open(os.path.join(OUT, "results.md"), "w") as f:
+  with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join(lines))
   for name, by in (("alpha", "alpha"), ("losses", "loss")):
     fig, axes = plt.subplots(2, len(metrics), figsize=(4 * len(metrics), 7))
@@ -189,7 +192,7 @@ def report():
                       [str(g) for g in groups], rotation=45, fontsize=7)
         ax.set_title(f"{m} ({boxes} boxes)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(OUT, f"{name}.png"), dpi=90)
+    fig.savefig(os.path.join(out, f"{name}.png"), dpi=90)
     plt.close(fig)
   print("\n".join(lines))
 
@@ -200,17 +203,23 @@ def main():
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--top_k", type=float, default=0.5,
+                      help="fraction of heatmap cells the loss keeps; "
+                      "results go to docs/explain_study[/top_k_<value>]")
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--readings", action="store_true",
                       help="compare the top-k readings (logit_sqr, alpha "
                       "0.5, coarse boxes) instead")
   args = parser.parse_args()
+  out = OUT if args.top_k == 0.5 else os.path.join(OUT,
+                                                    f"top_k_{args.top_k}")
   if args.report:
-    report()
+    report(out)
   elif args.readings:
     compare_readings(args.shard, args.num_shards, args.seeds, args.steps)
   else:
-    run_shard(args.shard, args.num_shards, args.seeds, args.steps)
+    run_shard(args.shard, args.num_shards, args.seeds, args.steps,
+              args.top_k, out)
 
 
 if __name__ == "__main__":
