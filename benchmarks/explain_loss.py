@@ -12,15 +12,14 @@ ratio to the plain step.
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 import jax  # noqa: E402
 
+from benchmarks.common import timed  # noqa: E402
 from configs import default  # noqa: E402
 from lapjax import explain_loss  # noqa: E402
 from lapjax.data import batching, sources  # noqa: E402
@@ -45,24 +44,18 @@ def main():
   b = batching.train_batch(source, args.batch, 0, 0)
   batch = {k: b[k] for k in ("image", "label", "boxes", "boxes_valid")}
 
-  def timed(explain):
+  def step_time(explain):
     step = jax.jit(lambda s, x: train_step(s, x, model=model, tx=tx,
                                            explain=explain))
-    jax.block_until_ready(step(state, batch))
-    times = []
-    for _ in range(args.reps):
-      t = time.perf_counter()
-      jax.block_until_ready(step(state, batch))
-      times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return timed(step, state, batch, reps=args.reps)
 
   print(json.dumps({"devices": [str(d) for d in jax.devices()],
                     "batch": args.batch}))
-  plain = timed(None)
+  plain = step_time(None)
   print(json.dumps({"loss": "cross_entropy", "ms": round(plain * 1e3, 1)}),
         flush=True)
   for kind in explain_loss.SCORES:
-    t = timed(ExplainLoss(kind, 0.5, "block4", 0.5, "mask_values", 0.05))
+    t = step_time(ExplainLoss(kind, 0.5, "block4", 0.5, "mask_values", 0.05))
     print(json.dumps({"loss": kind, "ms": round(t * 1e3, 1),
                       "ratio": round(t / plain, 2)}), flush=True)
 

@@ -20,9 +20,7 @@ import argparse
 import importlib
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -30,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks.common import timed  # noqa: E402
 from lapjax import attribution as attr  # noqa: E402
 from lapjax import from_flax  # noqa: E402
 from lapjax.attribution import core  # noqa: E402
@@ -38,16 +37,6 @@ from lapjax.attribution import grid_masks as gm  # noqa: E402
 # The module; ``attr.sloc`` is the method.
 S = importlib.import_module("lapjax.attribution.sloc")  # noqa: E402
 from lapjax.models import create_model  # noqa: E402
-
-
-def timed(f, *args, reps):
-  jax.block_until_ready(f(*args))                 # compile
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def fit_section(size, reps):

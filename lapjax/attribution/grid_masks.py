@@ -103,7 +103,7 @@ def sample_grid_masks(key: jax.Array, size: tuple[int, int], patch: int,
   if not 1 <= int(patch) <= min(h, w):
     raise ValueError(f"patch must be in [1, min(H, W) = {min(h, w)}] pixels "
                      f"for an image of size {(h, w)}; got {patch}")
-  _check_p(p)
+  check_p(p)
   gh, gw = num_grid_cells(patch, h), num_grid_cells(patch, w)
 
   def draw(k):
@@ -127,7 +127,8 @@ def sample_grid_masks(key: jax.Array, size: tuple[int, int], patch: int,
   return jax.vmap(one)(jnp.arange(num))
 
 
-def _check_p(p) -> None:
+def check_p(p) -> None:
+  """``p`` (one value or several) must lie in (0, 1); tracers pass."""
   if not isinstance(p, jax.core.Tracer):
     arr = np.asarray(p)
     if not np.all((arr > 0) & (arr < 1)):

@@ -92,26 +92,38 @@ def monitor_steps(steps: int, every: int, start: int) -> tuple[int, ...]:
   return tuple(sorted(set(picked) | {steps}))
 
 
+def _check_dense_masks(masks: jax.Array, size: tuple[int, int]) -> None:
+  """Dense masks must be ``[N, H, W]`` of 0/1 (bool, int or float)."""
+  if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(size):
+    raise ValueError(f"masks must be [N, H, W] = [N, {size[0]}, {size[1]}]; "
+                     f"got shape {masks.shape}")
+  if not (masks.dtype == jnp.bool_
+          or jnp.issubdtype(masks.dtype, jnp.integer)
+          or jnp.issubdtype(masks.dtype, jnp.floating)):
+    raise ValueError(f"masks must be bool, int or float 0/1; got dtype "
+                     f"{masks.dtype}")
+  if core._is_concrete(masks):
+    values = np.unique(np.asarray(masks))
+    if not np.all(np.isin(values, (0, 1))):
+      raise ValueError(f"masks must be binary (0/1); got values "
+                       f"{values[:8]}")
+
+
+def _refuse_empty(sizes: jax.Array) -> None:
+  """Masks with no pixel on make the completeness term undefined."""
+  if core._is_concrete(sizes) and np.any(np.asarray(sizes) == 0):
+    raise ValueError(f"{int(np.sum(np.asarray(sizes) == 0))} masks have no "
+                     "pixel on; their completeness term is undefined (drop "
+                     "or redraw them)")
+
+
 def _check_fit_inputs(masks, responses, init) -> None:
   if init.ndim != 2:
     raise ValueError(f"init must be one [H, W] map; got shape {init.shape}")
-  size = tuple(init.shape)
   if gm.is_grid(masks):
     n = sum(m.cells.shape[0] for m in gm.as_list(masks))
   else:
-    if masks.ndim != 3 or tuple(masks.shape[1:]) != size:
-      raise ValueError(f"masks must be [N, H, W] = [N, {size[0]}, {size[1]}] "
-                       f"(the shape of init); got shape {masks.shape}")
-    if not (masks.dtype == jnp.bool_
-            or jnp.issubdtype(masks.dtype, jnp.integer)
-            or jnp.issubdtype(masks.dtype, jnp.floating)):
-      raise ValueError(f"masks must be bool, int or float 0/1; got dtype "
-                       f"{masks.dtype}")
-    if core._is_concrete(masks):
-      values = np.unique(np.asarray(masks))
-      if not np.all(np.isin(values, (0, 1))):
-        raise ValueError(f"masks must be binary (0/1); got values "
-                         f"{values[:8]}")
+    _check_dense_masks(masks, init.shape)
     n = masks.shape[0]
   if responses.shape != (n,):
     raise ValueError(f"responses must be [N] = [{n}] (one per mask); got "
@@ -168,10 +180,7 @@ def sloc_fit(masks: gm.Masks, responses: jax.Array, init: jax.Array, *,
   _check_fit_inputs(masks, responses, init)
   core.check_positive("steps", steps)
   sizes = gm.mask_sizes(masks)
-  if core._is_concrete(sizes) and np.any(np.asarray(sizes) == 0):
-    raise ValueError(f"{int(np.sum(np.asarray(sizes) == 0))} masks have no "
-                     "pixel on; their completeness term is undefined (drop "
-                     "or redraw them)")
+  _refuse_empty(sizes)
   if not gm.is_grid(masks):
     masks = masks.astype(jnp.float32)
   snaps = tuple(int(s) for s in snapshots)
@@ -284,7 +293,7 @@ def _response_spread(classifier: Classifier, problem: _Problem,
   responses to ``num_masks`` masks at each candidate ``p``. Candidate ``c``
   of patch size ``k`` draws from ``fold_in(fold_in(key, c), k)``."""
   for cand in candidates:
-    gm._check_p(cand)
+    gm.check_p(cand)
   size = problem.x.shape[1:3]
   pairs, n_c = problem.x.shape[0], len(candidates)
   cands = jnp.asarray(candidates, jnp.float32)
@@ -424,20 +433,14 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   if p is not None:
     p = tuple(float(v) for v in np.broadcast_to(np.asarray(p, np.float32),
                                                 (len(patch_sizes),)))
-    gm._check_p(p)
+    gm.check_p(p)
   for cand in p_candidates:
-    gm._check_p(cand)
+    gm.check_p(cand)
   if masks is not None:
     masks = jnp.asarray(masks)
-    if masks.ndim != 3 or tuple(masks.shape[1:]) != size:
-      raise ValueError(f"masks must be [N, H, W] = [N, {size[0]}, "
-                       f"{size[1]}]; got shape {masks.shape}")
-    _check_fit_inputs(masks, jnp.zeros(masks.shape[:1]),
-                      jnp.zeros(size))
-    if core._is_concrete(masks) and np.any(
-        np.asarray(masks).reshape(masks.shape[0], -1).sum(1) == 0):
-      raise ValueError("masks: some masks have no pixel on")
+    _check_dense_masks(masks, size)
     masks = masks.astype(jnp.float32)
+    _refuse_empty(gm.mask_sizes(masks))
   problem = _make_problem(x, t, baseline, blur_sigma, response)
   snaps = () if monitor_from is None else monitor_steps(steps, monitor_every,
                                                         monitor_from)

@@ -105,14 +105,15 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   report["figures"] = [figure]
   if "mask" in batch:
     report.update(_explanation_report(config, model, state, source, workdir,
-                                      info["class_names"]))
+                                      info["class_names"], logits))
     report["figures"] += ["explanations.png", "sanity.png"]
   write_report(workdir, report)
   return report
 
 
 def _explanation_report(config, model, state, source, workdir,
-                        names: list[str]) -> dict[str, Any]:
+                        names: list[str], logits: np.ndarray
+                        ) -> dict[str, Any]:
   """Methods x localisation metrics, the figure grid and sanity curves."""
   e = config.evaluation
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -143,7 +144,7 @@ def _explanation_report(config, model, state, source, workdir,
   scores = {name: {metric: nan_summary(v) for metric, v in
                    explanations.localization_scores(m, batch["mask"]).items()}
             for name, m in maps.items()}
-  faithfulness = _faithfulness_report(clf, batch, maps, e, key)
+  faithfulness = _faithfulness_report(clf, batch, logits[:n], maps, e, key)
   if sloc_p is not None:
     faithfulness["sloc_xp_p"] = list(sloc_p)
   shown = np.flatnonzero(batch["label"] > 0)[:e.figure_images]
@@ -176,11 +177,11 @@ def _explanation_report(config, model, state, source, workdir,
           "sanity": sanity}
 
 
-def _faithfulness_report(clf, batch, maps, e, key) -> dict[str, Any]:
+def _faithfulness_report(clf, batch, logits, maps, e, key
+                         ) -> dict[str, Any]:
   """Faithfulness metrics of every method on the first
   ``e.faithfulness_images`` clue images, explaining the true class (the
   prediction on all but the misclassified few; their count is reported)."""
-  logits = np.asarray(jax.jit(clf.apply)(batch["image"])[0])
   ok = np.flatnonzero(batch["label"] > 0)[:e.faithfulness_images]
   if not len(ok):
     return {}

@@ -41,6 +41,12 @@ def localization_scores(maps: jax.Array, masks: jax.Array
   return {name: np.asarray(v) for name, v in out.items()}
 
 
+# Jitted once per classifier (and steps), shared by every method's maps.
+_positive_negative = jax.jit(metrics.positive_negative, static_argnums=0)
+_insertion_deletion = jax.jit(metrics.insertion_deletion, static_argnums=0,
+                              static_argnames="steps")
+
+
 def faithfulness_scores(classifier: Classifier, images: np.ndarray,
                         labels: np.ndarray, maps: np.ndarray, *,
                         key: jax.Array, steps: int = 20, batch_size: int = 32
@@ -55,15 +61,12 @@ def faithfulness_scores(classifier: Classifier, images: np.ndarray,
   out: dict[str, list] = {k: [] for k in ("pos", "neg", "del", "ins", "npd",
                                           "idd", "aic", "sic")}
   skipped = 0
-  pos_neg = jax.jit(lambda x, m, t: metrics.positive_negative(
-      classifier, x, m, t))
-  ins_del = jax.jit(lambda x, m, t: metrics.insertion_deletion(
-      classifier, x, m, t, steps=steps))
   for i in range(0, len(images), batch_size):
     x = jnp.asarray(images[i:i + batch_size])
     m = jnp.asarray(maps[i:i + batch_size])
     t = jnp.asarray(labels[i:i + batch_size], jnp.int32)
-    scores = {**pos_neg(x, m, t), **ins_del(x, m, t)}
+    scores = {**_positive_negative(classifier, x, m, t),
+              **_insertion_deletion(classifier, x, m, t, steps=steps)}
     pic = metrics.sic_aic(classifier, x, m, t, key=jax.random.fold_in(key, i))
     skipped += pic["n_skipped"]
     for k in out:

@@ -291,13 +291,14 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array,
   y_sic = np.clip((p_curve - p_start[:, None]) / gain[:, None], 0, 1)
   out = {}
   for name, ys in (("sic", y_sic), ("aic", hit)):
-    vals = np.full(b, np.nan)
-    for i in np.flatnonzero(~skipped):
-      px = np.concatenate([[0.0], xs[i], [1.0]])
-      py = np.concatenate([[0.0], ys[i], [1.0]])
-      order = np.argsort(px, kind="stable")
-      vals[i] = 100.0 * np.trapezoid(py[order], px[order])
-    out[name] = vals
+    px = np.pad(xs, ((0, 0), (1, 0)), constant_values=0.0)
+    px = np.pad(px, ((0, 0), (0, 1)), constant_values=1.0)
+    py = np.pad(ys, ((0, 0), (1, 0)), constant_values=0.0)
+    py = np.pad(py, ((0, 0), (0, 1)), constant_values=1.0)
+    order = np.argsort(px, axis=1, kind="stable")
+    area = np.trapezoid(np.take_along_axis(py, order, 1),
+                        np.take_along_axis(px, order, 1), axis=1)
+    out[name] = np.where(skipped, np.nan, 100.0 * area)
   out["skipped"] = skipped
   out["n_skipped"] = int(skipped.sum())
   return out
