@@ -25,6 +25,7 @@ from lapjax.attribution.gradients import (
                                     integrated_gradients,
                                     smoothgrad,
 )
+from lapjax.attribution.lap_maps import lap_maps
 from lapjax.attribution.lens import (
                                     attribution_lens,
                                     best_vs_worst,
@@ -37,7 +38,7 @@ from lapjax.attribution.sloc import calibrate_p, sloc, sloc_fit, sloc_m, sloc_xp
 __all__ = [
     "attribution_lens", "best_vs_worst", "calibrate_p", "grad_cam",
     "grad_cam_plus_plus", "gradient", "guided_backprop", "guided_classifier",
-    "guided_grad_cam", "guided_relu", "input_x_gradient",
+    "guided_grad_cam", "guided_relu", "input_x_gradient", "lap_maps",
     "integrated_gradients", "lafam", "layer_cam", "lens_refine", "occlusion",
     "postprocess", "relax", "rise", "score_cam", "sloc", "sloc_fit",
     "sloc_m", "sloc_xp", "smoothgrad", "top_k_classes",

@@ -88,6 +88,21 @@ def binarize_top_k(maps: jax.Array, fraction: float) -> jax.Array:
   return (ranks < k).reshape(maps.shape)
 
 
+def binarize_top_count(maps: jax.Array, counts: jax.Array) -> jax.Array:
+  """The ``counts[b]`` highest pixels of map ``b`` (``[B, H, W]``, ``[B]``).
+
+  The LAP paper's "top-scored selection" (App. D.2.2) with ``counts`` the
+  ground-truth region sizes; stable ties as in ``binarize_top_k``.
+  """
+  b, h, w = maps.shape
+  counts = jnp.asarray(counts)
+  if counts.shape != (b,):
+    raise ValueError(f"counts must be [B] = [{b}]; got shape {counts.shape}")
+  order = jnp.argsort(-maps.reshape(b, h * w), axis=-1, stable=True)
+  ranks = jnp.argsort(order, axis=-1, stable=True)
+  return (ranks < counts[:, None]).reshape(maps.shape)
+
+
 def binarize_mean_std(maps: jax.Array, k: float = 1.0) -> jax.Array:
   """Pixels above ``mean + k * std`` of their map (LAP App. D.2.2)."""
   mean = maps.mean(axis=(-2, -1), keepdims=True)

@@ -70,14 +70,16 @@ def clues_config(data_config: Mapping) -> clues.CluesConfig:
 
 
 def data_info(data_config: Mapping) -> dict:
-  """``num_classes``, ``class_names`` and ``image_shape (H, W, C)`` of a
-  ``config.data`` block, without loading any images."""
+  """``num_classes``, ``class_names``, ``image_shape (H, W, C)`` and, where
+  the data defines one, ``dc_membership`` (its LAP DC system, ``[M, N]``) of
+  a ``config.data`` block, without loading any images."""
   name = data_config["name"]
   if name == "clues":
     cfg = clues_config(data_config)
     return {"num_classes": cfg.num_classes,
             "class_names": list(cfg.class_names),
-            "image_shape": (*cfg.image_size, 3)}
+            "image_shape": (*cfg.image_size, 3),
+            "dc_membership": cfg.dc_membership}
   if name.startswith("tfds:"):
     from lapjax.data import tfds  # tensorflow-datasets only when asked for
     return tfds.dataset_info(name[len("tfds:"):],

@@ -11,7 +11,6 @@ class); where the data has evidence masks, every method of
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -20,33 +19,23 @@ import ml_collections
 import numpy as np
 
 from lapjax import attribution as attr
-from lapjax import from_flax, viz
+from lapjax import from_flax, lap, viz
 from lapjax.data import sources
 from lapjax.evaluation import explanations
+from lapjax.evaluation.lap_report import lap_evaluation
 from lapjax.evaluation.methods import standard_methods
 from lapjax.evaluation.report import write_report
 from lapjax.metrics import classification_summary, nan_summary
 from lapjax.metrics.sanity import cascading_randomization
-from lapjax.train.config import base_config
-from lapjax.train.loop import load_state, predict
+from lapjax.train.config import load_run_config as load_config
+from lapjax.train.loop import (
+  dc_membership,
+  lap_map_layers,
+  load_state,
+  predict,
+)
 
 NUM_FIGURE_IMAGES = 24
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved beside its checkpoints (``config.json``).
-
-  Fields added to the schema after the run was trained take their defaults
-  (``lapjax.train.config.base_config``).
-  """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path} not found: {workdir} is not a lapjax run folder (train "
-        "first, or pass --config)")
-  with open(path) as f:
-    saved = json.load(f)
-  return _merge(base_config(), saved)
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
@@ -55,19 +44,6 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
   model, state, _ = load_state(config, workdir)
   return config, model, {"params": state.params,
                          "batch_stats": state.batch_stats}
-
-
-def _merge(base: ml_collections.ConfigDict, saved: dict
-           ) -> ml_collections.ConfigDict:
-  for key, value in saved.items():
-    current = base.get(key)
-    if isinstance(value, dict):
-      if not isinstance(current, ml_collections.ConfigDict):
-        base[key] = ml_collections.ConfigDict()
-      _merge(base[key], value)
-    else:
-      base[key] = tuple(value) if isinstance(value, list) else value
-  return base
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
@@ -107,6 +83,14 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
     report.update(_explanation_report(config, model, state, source, workdir,
                                       info["class_names"], logits))
     report["figures"] += ["explanations.png", "sanity.png"]
+    if config.lap.mode != "off" or config.evaluation.lap_report:
+      val, _ = sources.make_source(config.data, "validation")
+      report["lap"] = lap_evaluation(
+          config, model, {"params": state.params,
+                          "batch_stats": state.batch_stats}, source, val,
+          lap_layers=lap_map_layers(config),
+          membership=dc_membership(info),
+          key=jax.random.key(config.evaluation.seed))
   write_report(workdir, report)
   return report
 
@@ -117,8 +101,10 @@ def _explanation_report(config, model, state, source, workdir,
   """Methods x localisation metrics, the figure grid and sanity curves."""
   e = config.evaluation
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  clf = from_flax(model, variables, layers=[e.layer])
-  guided = attr.guided_classifier(model, variables, layers=[e.layer])
+  lap_layers = lap_map_layers(config)
+  clf = from_flax(model, variables, layers=[e.layer, *lap_layers])
+  guided = (attr.guided_classifier(model, variables, layers=[e.layer])
+            if hasattr(model, "act") else None)
   n = min(e.num_images, source.num_examples)
   batch = source.get(np.arange(n))
   key = jax.random.key(e.seed)
@@ -133,12 +119,16 @@ def _explanation_report(config, model, state, source, workdir,
                            ig_steps=e.ig_steps, rise_masks=e.rise_masks,
                            smoothgrad_samples=e.smoothgrad_samples,
                            sloc_masks=e.sloc_masks, sloc_steps=e.sloc_steps,
-                           sloc_p=sloc_p)
+                           sloc_p=sloc_p, lap_layers=lap_layers,
+                           dcs=lap.dc_system(dc_membership(
+                               sources.data_info(config.data))),
+                           lap_decay=config.lap.decay)
   unknown = [m for m in e.methods if m not in table]
   if unknown:
     raise ValueError(f"unknown config.evaluation.methods {unknown}; "
                      f"available: {sorted(table)}")
-  methods = {m: table[m] for m in e.methods}
+  methods = {m: table[m] for m in e.methods
+             if guided is not None or not table[m].guided}
   maps = explanations.explain(clf, guided, batch["image"], batch["label"],
                               methods)
   scores = {name: {metric: nan_summary(v) for metric, v in

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import jax
 
 from lapjax import attribution as attr
+from lapjax.lap.dcs import DCSystem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,14 +24,24 @@ def standard_methods(layer: str, *, key: jax.Array, image_size: int,
                      ig_steps: int = 32, rise_masks: int = 500,
                      smoothgrad_samples: int = 16, sloc_masks: int = 500,
                      sloc_steps: int = 501,
-                     sloc_p: tuple[float, ...] | None = None
+                     sloc_p: tuple[float, ...] | None = None,
+                     lap_layers: tuple[str, ...] = (),
+                     dcs: DCSystem | None = None, lap_decay: float = 0.8
                      ) -> dict[str, Method]:
   """Every lapjax method; CAMs at ``layer``, occlusion windows of
   ``image_size // 8`` pixels at half-window stride; ``sloc_xp`` only when
-  ``sloc_p`` (``attribution.calibrate_p``) is given."""
+  ``sloc_p`` (``attribution.calibrate_p``) is given; with ``lap_layers``
+  (LAP-map taps) and ``dcs``, ``lap`` (depth-aggregated) and ``lap1`` ..
+  ``lapL`` (one LAP each)."""
   sloc = {"key": key, "num_masks": sloc_masks, "steps": sloc_steps}
   window = max(1, image_size // 8)
-  return {
+  laps = {}
+  if lap_layers:
+    base = {"layers": tuple(lap_layers), "dcs": dcs, "decay": lap_decay}
+    laps["lap"] = Method(attr.lap_maps, base)
+    laps.update({f"lap{i + 1}": Method(attr.lap_maps, {**base, "lap": i})
+                 for i in range(len(lap_layers))})
+  return {**laps,
       "gradient": Method(attr.gradient, {}),
       "input_x_gradient": Method(attr.input_x_gradient, {}),
       "integrated_gradients": Method(attr.integrated_gradients,

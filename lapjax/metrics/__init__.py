@@ -9,12 +9,16 @@ from lapjax.metrics.classification import (
 from lapjax.metrics.complexity import sparseness
 from lapjax.metrics.faithfulness import (
                                            insertion_deletion,
+                                           keep_top_accuracy,
                                            positive_negative,
                                            sic_aic,
+                                           srg,
 )
 from lapjax.metrics.localization import (
+                                           binarize_learned,
                                            f1,
                                            iou,
+                                           learned_threshold,
                                            nan_summary,
                                            pointing_game,
                                            region_attribution,
@@ -25,9 +29,10 @@ from lapjax.metrics.localization import (
 )
 
 __all__ = [
-    "balanced_accuracy", "classification_summary", "confusion_matrix", "f1",
-    "f1_scores", "insertion_deletion", "iou", "nan_summary", "pointing_game",
+    "balanced_accuracy", "binarize_learned", "classification_summary",
+    "confusion_matrix", "f1", "f1_scores", "insertion_deletion", "iou",
+    "keep_top_accuracy", "learned_threshold", "nan_summary", "pointing_game",
     "positive_negative", "region_attribution", "relevance_mass_accuracy",
-    "relevance_rank_accuracy", "roc_auc", "sic_aic", "sparseness",
+    "relevance_rank_accuracy", "roc_auc", "sic_aic", "sparseness", "srg",
     "top_k_intersection",
 ]

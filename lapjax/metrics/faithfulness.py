@@ -183,6 +183,58 @@ def insertion_deletion(classifier: Classifier, x: jax.Array, maps: jax.Array,
           "ins_curve": ins, "del_curve": dele}
 
 
+# LAP paper App. D.2.3: retention ratios of the SRG curves (1.0 added as
+# the common end point, where nothing is removed).
+SRG_RETENTION = (0.5, 0.6, 0.7, 0.8, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
+KEEP_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def srg(classifier: Classifier, x: jax.Array, maps: jax.Array,
+        targets: jax.Array, *, retention: Sequence[float] = SRG_RETENTION,
+        baseline=0.0, score: str = "accuracy", chunk_size: int = 64
+        ) -> dict[str, jax.Array]:
+  """SRG (Bluecher et al. 2024; LAP paper App. D.2.3), per image.
+
+  Pixel flipping keeps a fraction ``r`` of the pixels and sets the rest to
+  the baseline: LIF (least important removed first: the top ``r`` kept)
+  and MIF (most important removed first: the bottom ``r`` kept). SRG is the
+  trapezoidal area between the LIF and MIF curves over ``r`` (not
+  normalised: over the default ``[0.5, 1]`` the maximum is just under 0.5,
+  as in the paper). Higher is better. Score: top-1 accuracy w.r.t.
+  ``targets`` (pass the model's predictions, as the paper does).
+
+  Returns:
+    ``{'srg': [B], 'lif_curve', 'mif_curve': [B, S]}``.
+  """
+  r = np.asarray(retention, np.float64)
+  if r.ndim != 1 or r.size < 2 or np.any(np.diff(r) <= 0) or r[0] < 0 \
+     or r[-1] > 1:
+    raise ValueError(f"retention must be increasing values in [0, 1], at "
+                     f"least 2; got {retention}")
+  kw = dict(fractions=1 - r, mode="delete", baseline=baseline, score=score,
+            chunk_size=chunk_size)
+  lif = perturbation_curve(classifier, x, -jnp.asarray(maps), targets, **kw)
+  mif = perturbation_curve(classifier, x, maps, targets, **kw)
+  gap = lif - mif
+  area = ((gap[:, 1:] + gap[:, :-1]) / 2 * jnp.asarray(np.diff(r),
+                                                        jnp.float32)).sum(-1)
+  return {"srg": area, "lif_curve": lif, "mif_curve": mif}
+
+
+def keep_top_accuracy(classifier: Classifier, x: jax.Array, maps: jax.Array,
+                      targets: jax.Array, *,
+                      fractions: Sequence[float] = KEEP_FRACTIONS,
+                      baseline=0.0, chunk_size: int = 64) -> jax.Array:
+  """``[B, S]``: 1 where the image with only its top ``k`` fraction of
+  pixels kept (the rest set to the baseline, zero by default) is still
+  classified as ``targets`` (LAP paper Sec. 3.3, Fig. 5: pass the original
+  predictions). Higher is better."""
+  return perturbation_curve(classifier, x, maps, targets,
+                            fractions=fractions, mode="insert",
+                            baseline=baseline, score="accuracy",
+                            chunk_size=chunk_size)
+
+
 # -- SIC / AIC -----------------------------------------------------------------
 
 def webp_information(images: np.ndarray) -> np.ndarray:

@@ -234,6 +234,46 @@ def region_attribution(maps, masks, *, blur_sigma: float | None = 2.0,
   return relevance_mass_accuracy(r, masks, sign="all")
 
 
+def learned_threshold(maps, masks, *, alpha: float = 1.0) -> float:
+  """A global threshold learned from validation pixels (LAP App. D.2.2).
+
+  Each map is divided by its maximum; a ridge classifier (targets -1 / +1,
+  class-balanced sample weights ``n / (2 n_c)``, penalty ``alpha`` on the
+  slope, intercept free: scikit-learn's ``RidgeClassifier(alpha,
+  class_weight='balanced')``) is fit to tell mask pixels from the rest by
+  that one value; the threshold is where its decision is zero. Apply it
+  to max-normalised maps (``binarize_learned``).
+
+  Raises:
+    ValueError: no mask pixels, no background pixels, or a decision that
+      does not increase with the map (no usable threshold).
+  """
+  maps, masks = _check(maps, masks)
+  x = np.asarray(maps, np.float64)
+  x = (x / np.maximum(x.max(axis=(1, 2), keepdims=True), 1e-12)).reshape(-1)
+  y = np.asarray(masks).reshape(-1)
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  if n_pos == 0 or n_neg == 0:
+    raise ValueError(f"learned_threshold needs mask and background pixels; "
+                     f"got {n_pos} and {n_neg}")
+  w = np.where(y, y.size / (2 * n_pos), y.size / (2 * n_neg))
+  t = np.where(y, 1.0, -1.0)
+  xm, tm = np.average(x, weights=w), np.average(t, weights=w)
+  slope = (np.sum(w * (x - xm) * (t - tm))
+           / (np.sum(w * (x - xm) ** 2) + alpha))
+  if not slope > 0:
+    raise ValueError("learned_threshold: the map does not separate mask "
+                     f"pixels from the rest (slope {slope:.3g} <= 0)")
+  return float(xm - tm / slope)
+
+
+def binarize_learned(maps, threshold: float) -> jax.Array:
+  """Max-normalised maps above a ``learned_threshold``."""
+  maps = jnp.asarray(maps)
+  peak = jnp.maximum(maps.max(axis=(1, 2), keepdims=True), 1e-12)
+  return maps / peak > threshold
+
+
 def nan_summary(values) -> dict[str, float | int]:
   """Mean, std and count over the defined values, plus the NaN count."""
   v = np.asarray(values, np.float64).reshape(-1)

@@ -10,10 +10,10 @@ import jax
 from lapjax.models.layers import (
   Activation,
   ConvNormAct,
-  GlobalAvgPool,
   ModuleDef,
-  Pool,
+  PoolFactory,
   batch_norm,
+  standard_pool,
 )
 
 
@@ -31,12 +31,15 @@ class SmallCNN(nn.Module):
     convs_per_block: conv-norm-act units in each block.
     act: activation, injectable (guided backprop passes its own ReLU).
     norm: ``norm(train) -> Module class``, injectable (default BatchNorm).
+    pool: pooling factory (``standard_pool``; ``lapjax.lap.LAPSpec`` puts
+      LAP-Pools at chosen places).
   """
   num_classes: int
   widths: Sequence[int] = (32, 64, 128, 128)
   convs_per_block: int = 1
   act: Activation = nn.relu
   norm: ModuleDef = batch_norm
+  pool: PoolFactory = standard_pool
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -45,8 +48,8 @@ class SmallCNN(nn.Module):
       x = _Block(width, self.convs_per_block, norm, self.act,
                  name=f"block{i + 1}")(x)
       if i < len(self.widths) - 1:
-        x = Pool(name=f"pool{i + 1}")(x)
-    x = GlobalAvgPool(name="global_pool")(x)
+        x = self.pool(f"pool{i + 1}", window=2)(x)
+    x = self.pool("global_pool", window=None)(x)
     return nn.Dense(self.num_classes, name="head")(x)
 
 

@@ -74,3 +74,24 @@ class GlobalAvgPool(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=(1, 2))
+
+
+PoolFactory = Callable[..., "nn.Module | None"]
+
+
+def standard_pool(name: str, *, window: int | None, strides: int | None = None,
+                  padding: str = "VALID", optional: bool = False
+                  ) -> nn.Module | None:
+  """The pooling a lapjax model uses at ``name``: max pooling, or global
+  average pooling for ``window=None``; None at ``optional`` places (where a
+  LAP-extended model may add a pool that the plain model does not have).
+
+  Models call their ``pool`` attribute (this function by default) for every
+  pooling place, so ``lapjax.lap.LAPSpec`` can put LAP-Pools there.
+  """
+  if optional:
+    return None
+  if window is None:
+    return GlobalAvgPool(name=name)
+  return Pool(window=window, strides=strides or window, padding=padding,
+              name=name)

@@ -22,10 +22,10 @@ import jax
 from lapjax.models.layers import (
   Activation,
   ConvNormAct,
-  GlobalAvgPool,
   ModuleDef,
-  Pool,
+  PoolFactory,
   batch_norm,
+  standard_pool,
 )
 
 
@@ -100,6 +100,12 @@ class ResNet(nn.Module):
     small_inputs: 3x3 stride-1 stem without max pool, for small images.
     act: activation, injectable (guided backprop passes its own ReLU).
     norm: ``norm(train) -> Module class``, injectable (default BatchNorm).
+    pool: pooling factory (``standard_pool``). A LAP-extended ResNet
+      (``lapjax.lap.LAPSpec``) may replace ``stem_pool`` and
+      ``global_pool``, and add ``stage2_pool`` .. ``stage4_pool``: a 2x2
+      LAP-Pool on the previous stage's output in place of the stage's
+      stride-2 convolutions (the paper's "LAP-Pool replacing the strided
+      convolution of layer 4, fed by layer 3").
   """
   num_classes: int
   stage_sizes: Sequence[int]
@@ -108,6 +114,7 @@ class ResNet(nn.Module):
   small_inputs: bool = False
   act: Activation = nn.relu
   norm: ModuleDef = batch_norm
+  pool: PoolFactory = standard_pool
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -117,11 +124,16 @@ class ResNet(nn.Module):
     else:
       x = ConvNormAct(self.width, norm, self.act, kernel_size=(7, 7),
                       strides=(2, 2), name="stem")(x)
-      x = Pool(window=3, strides=2, padding="SAME", name="stem_pool")(x)
+      x = self.pool("stem_pool", window=3, strides=2, padding="SAME")(x)
     for i, size in enumerate(self.stage_sizes):
-      x = Stage(self.block, size, self.width * 2**i, 1 if i == 0 else 2,
-                norm, self.act, name=f"stage{i + 1}")(x)
-    x = GlobalAvgPool(name="global_pool")(x)
+      strides = 1 if i == 0 else 2
+      down = (self.pool(f"stage{i + 1}_pool", window=2, optional=True)
+              if i > 0 else None)
+      if down is not None:
+        x, strides = down(x), 1
+      x = Stage(self.block, size, self.width * 2**i, strides, norm,
+                self.act, name=f"stage{i + 1}")(x)
+    x = self.pool("global_pool", window=None)(x)
     return nn.Dense(self.num_classes, name="head")(x)
 
 

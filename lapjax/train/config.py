@@ -8,6 +8,8 @@ values; ``validate`` rejects fields the schema does not have (a typo such as
 from __future__ import annotations
 
 import difflib
+import json
+import os
 
 import ml_collections
 
@@ -54,6 +56,35 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 250       # evaluation batch (padded, masked)
   c.multihost = False           # call jax.distributed.initialize() first
 
+  c.init_from = ml_collections.config_dict.placeholder(str)  # a run folder:
+  #   its newest parameters initialise every matching parameter (the whole
+  #   backbone of a detached LAP model); selective fine-tuning / post-hoc LAPs
+  c.trainable = ()              # parameter path prefixes to train (e.g.
+  #   ('pool3', 'global_pool', 'block4', 'head')); () trains everything.
+  #   Frozen parameters and their BatchNorm statistics stay bit-identical.
+
+  c.lap = ml_collections.ConfigDict()  # LAP (paper 000, lapjax.lap)
+  c.lap.mode = "off"            # 'off', 'plugged' (LAP-Pools), 'detached'
+  c.lap.places = ("pool3", "global_pool")  # plugged: pooling places
+  #   replaced by LAP-Pools; detached: backbone layers explained; shallow
+  #   to deep
+  c.lap.supervision = "weak"    # 'weak' (Eq. 4-5) or 'expert' (Eq. 8, boxes)
+  c.lap.gamma_min = 0.1         # gamma_MinAR, expected DC size, (0, 1]
+  c.lap.gamma_max = ml_collections.FieldReference(0.5, field_type=float)
+  #   gamma_MaxAR, largest DC size, (0, 1); None switches MaxAR off
+  c.lap.gamma_iar = 0.1         # gamma_IAR, (0, 1]
+  c.lap.expert_gamma_iar = ml_collections.config_dict.placeholder(float)
+  #   expert loss K_IAR / n_e; None: mean box fraction of 512 train images
+  c.lap.weight = 10.0           # lambda per LAP of the supervision loss
+  c.lap.concordance_weight = 1.0  # Eq. 9, per consecutive pair (0: off)
+  c.lap.reference = "sum"       # Top-K ranking: 'sum' over LAPs or 'self'
+  c.lap.discriminative = True   # discriminative scoring modules (App. C.5)
+  c.lap.head_widths = (64,)     # hidden widths of each LAP head
+  c.lap.aggregation = "sum"     # LAP-Pool A: 'sum', 'max' or 'mean'
+  c.lap.alpha_init = 2.0        # LAP-Pool alpha at initialisation
+  c.lap.eps = 1e-4              # LAP-Pool weight floor
+  c.lap.decay = 0.8             # depth aggregation decay (Algorithm 1)
+
   c.explain_loss = ml_collections.ConfigDict()  # paper 001 (explain_loss)
   c.explain_loss.type = "cross_entropy"  # or a score in explain_loss.SCORES
   c.explain_loss.alpha = 0.5    # L = L_ce + alpha * L_exp, alpha >= 0
@@ -82,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluation.sanity_images = 16     # images of the randomisation check
   c.evaluation.sanity_keys = 3        # randomisation draws, averaged
   c.evaluation.seed = 0               # keys of the stochastic methods
+  c.evaluation.lap_report = False     # the LAP paper's tables (always on
+  #   for LAP runs): binarised IoU, SRG, keep-top-k, standalone LAPs
+  c.evaluation.lap_images = 256       # test images (correct clue images used)
+  c.evaluation.lap_val_images = 128   # validation images (learned threshold)
   c.evaluation.grid_games = 24        # grids per set (benchmarks/grid_game)
   c.evaluation.grid_seeds = 3         # independent grid sets (noise)
   return c
@@ -111,6 +146,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if int(config[name]) < 1:
       raise ValueError(f"config.{name} must be >= 1; got {config[name]}")
   _validate_explain_loss(config.explain_loss)
+  _validate_lap(config)
+
+
+LAP_MODES = ("off", "plugged", "detached")
+
+
+def _validate_lap(config: ml_collections.ConfigDict) -> None:
+  lap = config.lap
+  if lap.mode not in LAP_MODES:
+    raise ValueError(f"config.lap.mode must be one of {LAP_MODES}; got "
+                     f"{lap.mode!r}")
+  if lap.mode == "off":
+    return
+  if lap.mode == "detached" and not config.init_from:
+    raise ValueError("config.lap.mode='detached' explains a trained model: "
+                     "set config.init_from to its run folder")
+  if not lap.places:
+    raise ValueError("config.lap.places must name at least one layer")
+  lap_objective(config, membership=((1, -1),), expert_gamma_iar=0.1
+                ).validate()
+
+
+def lap_objective(config: ml_collections.ConfigDict, membership,
+                  expert_gamma_iar: float | None = None):
+  """The ``LAPObjective`` of ``config.lap`` for a DC ``membership``."""
+  from lapjax.lap import LAPObjective
+
+  lap = config.lap
+  return LAPObjective(
+      membership=tuple(tuple(int(v) for v in row) for row in membership),
+      supervision=lap.supervision, gamma_min=float(lap.gamma_min),
+      gamma_max=None if lap.gamma_max is None else float(lap.gamma_max),
+      gamma_iar=float(expert_gamma_iar if lap.supervision == "expert"
+                      else lap.gamma_iar),
+      weights=(float(lap.weight),),
+      concordance_weight=float(lap.concordance_weight),
+      reference=lap.reference)
 
 
 def _validate_explain_loss(e: ml_collections.ConfigDict) -> None:
@@ -129,3 +201,32 @@ def _validate_explain_loss(e: ml_collections.ConfigDict) -> None:
   if e.reading not in explain_loss.READINGS:
     raise ValueError(f"config.explain_loss.reading must be one of "
                      f"{explain_loss.READINGS}; got {e.reading!r}")
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved beside its checkpoints (``config.json``).
+
+  Fields added to the schema after the run was trained take their defaults
+  (``lapjax.train.config.base_config``).
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: {workdir} is not a lapjax run folder (train "
+        "first, or pass --config)")
+  with open(path) as f:
+    saved = json.load(f)
+  return _merge(base_config(), saved)
+
+
+def _merge(base: ml_collections.ConfigDict, saved: dict
+           ) -> ml_collections.ConfigDict:
+  for key, value in saved.items():
+    current = base.get(key)
+    if isinstance(value, dict):
+      if not isinstance(current, ml_collections.ConfigDict):
+        base[key] = ml_collections.ConfigDict()
+      _merge(base[key], value)
+    else:
+      base[key] = tuple(value) if isinstance(value, list) else value
+  return base

@@ -28,13 +28,13 @@ import numpy as np
 import optax
 import tqdm
 
-from lapjax import explain_loss
+from lapjax import explain_loss, lap
 from lapjax.classifier import from_flax
 from lapjax.data import batching, sources
 from lapjax.data import boxes as boxes_lib
 from lapjax.models import create_model
 from lapjax.train import checkpoint, sharding
-from lapjax.train.config import validate
+from lapjax.train.config import lap_objective, load_run_config, validate
 from lapjax.train.state import TrainState, create_train_state
 
 # Fields that may change when a run resumes (the rest must match).
@@ -42,10 +42,72 @@ RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
                      "eval_batch_size")
 
 
+def dc_membership(info: dict[str, Any]) -> np.ndarray:
+  """The data's DC system (one-vs-others without BGO when it has none)."""
+  if "dc_membership" in info:
+    return np.asarray(info["dc_membership"])
+  return lap.one_vs_others(info["num_classes"]).membership
+
+
+def build_model(config: ml_collections.ConfigDict, info: dict[str, Any]
+                ) -> nn.Module:
+  """The model of ``config.model``, LAP-extended as ``config.lap`` says."""
+  kwargs = dict(config.model.kwargs)
+  c = config.lap
+  if c.mode == "off":
+    return create_model(config.model.name, num_classes=info["num_classes"],
+                        **kwargs)
+  num_dcs = dc_membership(info).shape[0]
+  if c.mode == "plugged":
+    spec = lap.LAPSpec(tuple(c.places), num_dcs,
+                       head_widths=tuple(c.head_widths),
+                       aggregation=c.aggregation, alpha_init=c.alpha_init,
+                       eps=c.eps, discriminative=c.discriminative)
+    return create_model(config.model.name, num_classes=info["num_classes"],
+                        pool=spec, **kwargs)
+  backbone = create_model(config.model.name, num_classes=info["num_classes"],
+                          **kwargs)
+  return lap.DetachedLAPModel(backbone, tuple(c.places), num_dcs,
+                              head_widths=tuple(c.head_widths),
+                              discriminative=c.discriminative)
+
+
+def lap_map_layers(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """``from_flax`` taps of the LAP maps of a LAP run, shallow to deep."""
+  if config.lap.mode == "plugged":
+    return tuple(f"{p}/head" for p in config.lap.places)
+  if config.lap.mode == "detached":
+    return lap.detached_map_layers(config.lap.places)
+  return ()
+
+
+def trainable_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Parameter path prefixes trained (``()``: all); detached LAPs train
+  only their heads."""
+  if config.lap.mode == "detached" and not config.trainable:
+    return ("laps",)
+  return tuple(config.trainable)
+
+
+def _is_trainable(prefixes: tuple[str, ...]):
+  def label(path, _):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    return any(name == p or name.startswith(p + "/") for p in prefixes)
+  return label
+
+
+def trainable_mask(tree: Any, prefixes: tuple[str, ...]) -> Any:
+  """Bool pytree: which leaves of ``tree`` (params or batch_stats) train."""
+  if not prefixes:
+    return jax.tree.map(lambda _: True, tree)
+  return jax.tree_util.tree_map_with_path(_is_trainable(prefixes), tree)
+
+
 def make_optimizer(config: ml_collections.ConfigDict
                    ) -> tuple[optax.GradientTransformation,
                               Callable[[int], float]]:
-  """The optax optimiser and learning-rate schedule of ``config.optimizer``."""
+  """The optax optimiser and learning-rate schedule of ``config.optimizer``;
+  parameters outside ``trainable_prefixes`` get zero updates."""
   o = config.optimizer
   if o.schedule == "warmup_cosine":
     schedule = optax.warmup_cosine_decay_schedule(
@@ -65,6 +127,11 @@ def make_optimizer(config: ml_collections.ConfigDict
   else:
     raise ValueError(f"unknown optimizer.name {o.name!r}; use 'adamw', "
                      "'adam' or 'sgd'")
+  prefixes = trainable_prefixes(config)
+  if prefixes:
+    tx = optax.multi_transform(
+        {True: tx, False: optax.set_to_zero()},
+        lambda params: trainable_mask(params, prefixes))
   return tx, schedule
 
 
@@ -92,24 +159,52 @@ class ExplainLoss(NamedTuple):
                float(e.temperature))
 
 
+class LAPTraining(NamedTuple):
+  """The LAP terms of the loss (``config.lap``), hashable."""
+  objective: lap.LAPObjective
+  detached: bool                 # no classification loss (frozen backbone)
+  frozen_stats: tuple[str, ...]  # trainable prefixes (BatchNorm kept else)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  info: dict[str, Any], expert_gamma_iar: float | None = None
+                  ) -> LAPTraining | None:
+    if config.lap.mode == "off":
+      return None
+    return cls(lap_objective(config, dc_membership(info), expert_gamma_iar),
+               config.lap.mode == "detached", trainable_prefixes(config))
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                model: nn.Module, tx: optax.GradientTransformation,
-               explain: ExplainLoss | None = None
+               explain: ExplainLoss | None = None,
+               lap_terms: LAPTraining | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (global) batch; returns the new state, metrics.
 
   With ``explain``, the loss adds ``alpha * L_exp`` (``explain_loss``): the
   Grad-CAM inside it uses BatchNorm's running statistics, so it is exactly
-  the Grad-CAM lapjax computes for the current parameters.
+  the Grad-CAM lapjax computes for the current parameters. With
+  ``lap_terms``, it adds the LAP objective of the maps the model records
+  (and, for detached LAPs, drops the classification loss, which no
+  trainable parameter affects). BatchNorm statistics outside the trainable
+  prefixes are kept as they were.
   """
+  mutable = ["batch_stats"] + (["lap"] if lap_terms is not None else [])
+
   def loss_fn(params):
     logits, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-        train=True, mutable=["batch_stats"],
-        rngs={"dropout": state.step_key()})
+        train=True, mutable=mutable, rngs={"dropout": state.step_key()})
     ce = cross_entropy_loss(logits, batch["label"])
     parts = {"cross_entropy": ce}
     loss = ce
+    if lap_terms is not None:
+      maps, disc = lap.lap_outputs(updates["lap"])
+      lap_loss, lap_parts = lap_terms.objective(
+          maps, disc, batch["label"], batch.get("box_mask"))
+      parts.update(lap_parts)
+      loss = lap_loss if lap_terms.detached else ce + lap_loss
     if explain is not None:
       clf = from_flax(model, {"params": params,
                               "batch_stats": state.batch_stats},
@@ -124,21 +219,27 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if lap_terms is not None and lap_terms.frozen_stats:
+    keep = trainable_mask(batch_stats, lap_terms.frozen_stats)
+    batch_stats = jax.tree.map(lambda k, new, old: new if k else old, keep,
+                               batch_stats, state.batch_stats)
   new_state = state.replace(step=state.step + 1,
                             params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  extra = parts if explain is not None else {}
+  extra = parts if explain is not None or lap_terms is not None else {}
   return new_state, {"loss": loss, "accuracy": accuracy, **extra}
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh,
-                    explain: ExplainLoss | None = None):
+                    explain: ExplainLoss | None = None,
+                    lap_terms: LAPTraining | None = None):
   """``train_step`` jitted over ``mesh``: batch split on 'data', state
   replicated, the input state donated."""
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, explain=explain),
+      functools.partial(train_step, model=model, tx=tx, explain=explain,
+                        lap_terms=lap_terms),
       in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
       out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
       donate_argnums=0)
@@ -223,26 +324,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   sharding.check_batch_size(config.eval_batch_size, mesh,
                             name="eval_batch_size")
   train_source, info = sources.make_source(config.data, "train")
-  model = create_model(config.model.name, num_classes=info["num_classes"],
-                       **config.model.kwargs)
+  model = build_model(config, info)
   tx, schedule = make_optimizer(config)
   state = create_train_state(model, tx, jax.random.key(config.seed),
                              info["image_shape"])
-  state = jax.device_put(state, sharding.replicated(mesh))
 
   manager = checkpoint.checkpoint_manager(
       workdir, save_every=config.checkpoint_every)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if manager.latest_step() is not None:
-    state = checkpoint.restore(manager, state)
+    state = checkpoint.restore(manager, jax.device_put(
+        state, sharding.replicated(mesh)))
     _truncate_metrics(metrics_path, int(state.step))
+  elif config.init_from:
+    state = init_from_run(state, tx, config.init_from,
+                          into="backbone" if config.lap.mode == "detached"
+                          else None)
+  state = jax.device_put(state, sharding.replicated(mesh))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
   explain = ExplainLoss.from_config(config)
+  expert = config.lap.mode != "off" and config.lap.supervision == "expert"
+  lap_terms = LAPTraining.from_config(
+      config, info, _expert_gamma_iar(config, train_source, info)
+      if expert else None)
+  needs_boxes = bool(explain) or expert
   keys = ("image", "label") + (("boxes", "boxes_valid") if explain else ())
-  step_fn = make_train_step(model, tx, mesh, explain)
+  keys += ("box_mask",) if expert else ()
+  step_fn = make_train_step(model, tx, mesh, explain, lap_terms)
   local_batch = config.batch_size // jax.process_count()
   start = int(state.step)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
@@ -253,14 +364,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for step in range(start, config.num_steps):
       host_batch = batching.train_batch(
           train_source, config.batch_size, step, config.data.seed)
-      if explain:
-        missing = [k for k in keys if k not in host_batch]
-        if missing:
-          raise ValueError(f"config.explain_loss needs boxes; data "
-                           f"{config.data.name!r} gives no {missing}")
+      if needs_boxes:
+        if "boxes" not in host_batch:
+          raise ValueError(f"config.explain_loss / expert LAP supervision "
+                           f"need boxes; data {config.data.name!r} gives "
+                           "none")
         boxes_lib.validate_boxes(
             host_batch["boxes"][host_batch["boxes_valid"]],
             *host_batch["image"].shape[1:3])
+        if expert:
+          host_batch["box_mask"] = boxes_lib.boxes_to_mask(
+              host_batch["boxes"], host_batch["boxes_valid"],
+              *host_batch["image"].shape[1:3])
       host_batch = {k: host_batch[k][jax.process_index() * local_batch:
                                      (jax.process_index() + 1) * local_batch]
                     for k in keys}
@@ -299,6 +414,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return state
 
 
+def _expert_gamma_iar(config: ml_collections.ConfigDict,
+                      source: batching.Source, info: dict[str, Any]) -> float:
+  """Eq. 8's ``K_IAR / n_e``: ``config.lap.expert_gamma_iar``, or the mean
+  box-mask fraction of the DC-present images among 512 training images."""
+  if config.lap.expert_gamma_iar is not None:
+    return float(config.lap.expert_gamma_iar)
+  sample = source.get(np.arange(min(512, source.num_examples)))
+  if "boxes" not in sample:
+    raise ValueError(f"expert LAP supervision needs boxes; data "
+                     f"{config.data.name!r} gives none")
+  masks = boxes_lib.boxes_to_mask(sample["boxes"], sample["boxes_valid"],
+                                  *sample["image"].shape[1:3])
+  return lap.losses.mean_annotated_fraction(
+      masks, sample["label"], lap.dc_system(dc_membership(info)))
+
+
+def graft(params: Any, source: Any) -> tuple[Any, int]:
+  """``params`` with every leaf that ``source`` has at the same path and
+  shape replaced by it; returns ``(params, leaves replaced)``."""
+  flat = {jax.tree_util.keystr(p): v
+          for p, v in jax.tree_util.tree_leaves_with_path(source)}
+  replaced = 0
+
+  def take(path, leaf):
+    nonlocal replaced
+    other = flat.get(jax.tree_util.keystr(path))
+    if other is not None and np.shape(other) == np.shape(leaf):
+      replaced += 1
+      return other
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(take, params), replaced
+
+
+def init_from_run(state: TrainState, tx: optax.GradientTransformation,
+                  workdir: str, *, into: str | None = None) -> TrainState:
+  """``state`` with the parameters and BatchNorm statistics of the newest
+  checkpoint of the run in ``workdir`` (under the subtree ``into``, e.g. the
+  backbone of a detached LAP model); optimiser state re-initialised."""
+  other_config = load_run_config(workdir)
+  _, other, _ = load_state(other_config, workdir)
+  params, stats = dict(state.params), dict(state.batch_stats)
+  if into is None:
+    params, n = graft(params, other.params)
+    stats, _ = graft(stats, other.batch_stats)
+  else:
+    params[into], n = graft(params[into], other.params)
+    if into in stats:
+      stats[into], _ = graft(stats[into], other.batch_stats)
+  if n == 0:
+    raise ValueError(f"init_from={workdir}: no parameter matches this model "
+                     "(different architecture?)")
+  return state.replace(params=params, batch_stats=stats,
+                       opt_state=tx.init(params))
+
+
 def load_state(config: ml_collections.ConfigDict, workdir: str
                ) -> tuple[nn.Module, TrainState, dict[str, Any]]:
   """The model, its newest checkpointed state and the data info of a run."""
@@ -310,8 +481,7 @@ def load_state(config: ml_collections.ConfigDict, workdir: str
         f"no checkpoint in {where}; train first: python train.py --config "
         f"... --workdir {workdir}")
   info = sources.data_info(config.data)
-  model = create_model(config.model.name, num_classes=info["num_classes"],
-                       **config.model.kwargs)
+  model = build_model(config, info)
   tx, _ = make_optimizer(config)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   like = jax.tree.map(
