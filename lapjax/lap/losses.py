@@ -19,7 +19,8 @@ maps that are exactly 0 or 1 give finite losses and gradients.
 * ``expert_loss`` (Eq. 8): MinAR over the annotated elements, MaxAR over
   the others, IAR as above with a fixed ``g_iar``.
 * ``concordance_loss`` (Eq. 9): the Jensen-Shannon term between consecutive
-  LAPs, the deeper map resized (bilinear) to the shallower one's grid.
+  LAPs, the deeper map resized to the shallower one's grid (``resize_maps``:
+  cells repeated for nested grids, bilinear otherwise).
 * ``reference_maps`` (App. C.4-C.5): the sum over LAPs of the (main +
   discriminative) maps, resized to each LAP's grid, under stop-gradient.
 """
@@ -214,11 +215,21 @@ def expert_loss(maps: jax.Array, labels: jax.Array, dcs: DCSystem,
 
 
 def resize_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """``[B, h, w, M] -> [B, *size, M]`` (bilinear; area-weighted down)."""
-  if tuple(maps.shape[1:3]) == tuple(size):
+  """``[B, h, w, M] -> [B, *size, M]``.
+
+  Nested grids (the usual case: LAPs at pooling places) are exact and
+  cheap: each cell repeated when upsampling, block means when
+  downsampling. Other sizes: bilinear (area-weighted down).
+  """
+  b, h, w, m = maps.shape
+  hh, ww = size
+  if (h, w) == (hh, ww):
     return maps
-  return jax.image.resize(maps, (maps.shape[0], *size, maps.shape[-1]),
-                          "bilinear")
+  if hh % h == 0 and ww % w == 0:
+    return jnp.repeat(jnp.repeat(maps, hh // h, axis=1), ww // w, axis=2)
+  if h % hh == 0 and w % ww == 0:
+    return maps.reshape(b, hh, h // hh, ww, w // ww, m).mean((2, 4))
+  return jax.image.resize(maps, (b, hh, ww, m), "bilinear")
 
 
 def reference_maps(maps: Sequence[jax.Array],
@@ -235,7 +246,8 @@ def reference_maps(maps: Sequence[jax.Array],
 def concordance_loss(maps: Sequence[jax.Array]) -> jax.Array:
   """Eq. 9 summed over consecutive pairs (shallow to deep) and DCs, averaged
   over the batch: ``1/(2 n_e) sum_i [(p - q) ln(p/q) + (q - p)
-  ln((1-p)/(1-q))]``, ``q`` the deeper map resized to the shallower grid."""
+  ln((1-p)/(1-q))]``, ``q`` the deeper map resized to the shallower grid
+  (``resize_maps``)."""
   total = jnp.zeros(())
   for shallow, deep in zip(maps[:-1], maps[1:]):
     p, q = shallow, resize_maps(deep, shallow.shape[1:3])

@@ -328,6 +328,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx, schedule = make_optimizer(config)
   state = create_train_state(model, tx, jax.random.key(config.seed),
                              info["image_shape"])
+  if config.lap.mode == "plugged":
+    lap.extend.check_places(model.pool, [
+        name for name, sub in state.params.items()
+        if isinstance(sub, dict) and "head" in sub])
 
   manager = checkpoint.checkpoint_manager(
       workdir, save_every=config.checkpoint_every)

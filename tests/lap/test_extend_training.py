@@ -1,0 +1,154 @@
+"""LAP-extended models, detached LAPs, selective fine-tuning, LAP training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import lap as lap_configs
+from lapjax import from_flax, lap
+from lapjax.data import batching, sources
+from lapjax.models import ResNet18, SmallCNN
+from lapjax.train import loop
+from lapjax.train.state import create_train_state
+
+
+def _setup(variant, **overrides):
+  c = lap_configs.get_config(variant + ",tiny")
+  c.optimizer.schedule = "constant"          # a non-zero first step
+  for k, v in overrides.items():
+    c[k] = v
+  src, info = sources.make_source(c.data, "train")
+  model = loop.build_model(c, info)
+  tx, _ = loop.make_optimizer(c)
+  state = create_train_state(model, tx, jax.random.key(0),
+                             info["image_shape"])
+  return c, src, info, model, tx, state
+
+
+def _batch(src, c, step=0, expert=False):
+  b = batching.train_batch(src, 16, step, 0)
+  out = {"image": b["image"], "label": b["label"]}
+  if expert:
+    from lapjax.data import boxes
+    out["box_mask"] = boxes.boxes_to_mask(b["boxes"], b["boxes_valid"],
+                                          *b["image"].shape[1:3])
+  return out
+
+
+def test_lap_cnn_places_and_map_taps():
+  spec = lap.LAPSpec(("pool1", "global_pool"), 3, head_widths=(8,))
+  m = SmallCNN(4, widths=(8, 16), pool=spec)
+  v = m.init(jax.random.key(0), jnp.zeros((1, 32, 24, 3)))
+  clf = from_flax(m, v, layers=spec.map_layers())
+  logits, feats = clf.apply(jnp.ones((2, 32, 24, 3)))
+  assert logits.shape == (2, 4)
+  assert feats["pool1/head"].shape == (2, 32, 24, 3)
+  assert feats["global_pool/head"].shape == (2, 16, 12, 3)
+  assert np.all((np.asarray(feats["pool1/head"]) >= 0)
+                & (np.asarray(feats["pool1/head"]) <= 1))
+
+
+def test_lap_resnet_replaces_strided_stage_entry_and_pools():
+  spec = lap.LAPSpec(("stem_pool", "stage3_pool", "global_pool"), 2,
+                     head_widths=(4,))
+  m = ResNet18(num_classes=3, width=4, pool=spec)
+  v = m.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  plain = ResNet18(num_classes=3, width=4)
+  pv = plain.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  x = jnp.ones((1, 64, 64, 3))
+  assert m.apply(v, x).shape == plain.apply(pv, x).shape
+  clf = from_flax(m, v, layers=("stage3", "stage3_pool/head"),
+                  input_shape=(64, 64, 3))
+  _, f = clf.apply(x)
+  assert f["stage3_pool/head"].shape == (1, 8, 8, 2)      # stage2's grid
+  assert f["stage3"].shape[1:3] == (4, 4)
+  # The stage entry conv runs at stride 1 after the LAP-Pool.
+  assert v["params"]["stage3"]["block1"]["conv1"]["kernel"].shape[:2] == (
+      3, 3)
+
+
+def test_unknown_lap_place_is_refused(tmp_path):
+  c = lap_configs.get_config("lap_wsl,tiny")
+  c.lap.places = ("pool7", "global_pool")
+  with pytest.raises(ValueError, match="pool7.*not pooling places"):
+    loop.train_and_evaluate(c, str(tmp_path), progress=False)
+
+
+def test_lap_training_step_is_deterministic_and_finite():
+  c, src, info, model, tx, state = _setup("lap_wsl")
+  terms = loop.LAPTraining.from_config(c, info)
+  step = jax.jit(lambda s, b: loop.train_step(s, b, model=model, tx=tx,
+                                              lap_terms=terms))
+  b = _batch(src, c)
+  s1, m1 = step(state, b)
+  s2, m2 = step(state, b)
+  assert all(np.isfinite(float(v)) for v in m1.values())
+  assert float(m1["loss"]) == float(m2["loss"])
+  jax.tree.map(np.testing.assert_array_equal, s1.params, s2.params)
+  for k in ("lap1", "lap2", "lap_disc", "lap_concordance", "cross_entropy"):
+    assert k in m1
+  np.testing.assert_allclose(
+      m1["loss"], m1["cross_entropy"] + m1["lap"], rtol=1e-5)
+
+
+def test_expert_training_step_uses_box_masks():
+  c, src, info, model, tx, state = _setup("lap_bbl")
+  terms = loop.LAPTraining.from_config(c, info, expert_gamma_iar=0.1)
+  assert terms.objective.supervision == "expert"
+  _, m = loop.train_step(state, _batch(src, c, expert=True), model=model,
+                         tx=tx, lap_terms=terms)
+  assert np.isfinite(float(m["lap"]))
+  with pytest.raises(ValueError, match="box masks"):
+    loop.train_step(state, _batch(src, c), model=model, tx=tx,
+                    lap_terms=terms)
+
+
+def test_detached_laps_leave_the_backbone_bit_identical():
+  c, src, info, model, tx, state = _setup("lap_detached")
+  backbone = model.backbone
+  bvars = {"params": state.params["backbone"],
+           "batch_stats": state.batch_stats["backbone"]}
+  x = jnp.asarray(_batch(src, c)["image"])
+  np.testing.assert_array_equal(
+      model.apply({"params": state.params,
+                   "batch_stats": state.batch_stats}, x),
+      backbone.apply(bvars, x))
+  terms = loop.LAPTraining.from_config(c, info)
+  assert terms.detached
+  step = jax.jit(lambda s, b: loop.train_step(s, b, model=model, tx=tx,
+                                              lap_terms=terms))
+  new = state
+  for i in range(3):
+    new, metrics = step(new, _batch(src, c, i))
+  jax.tree.map(np.testing.assert_array_equal, new.params["backbone"],
+               state.params["backbone"])
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats,
+               state.batch_stats)
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                         new.params["laps"], state.params["laps"])
+  assert all(jax.tree.leaves(changed))
+  assert float(metrics["loss"]) == float(metrics["lap"])
+
+
+def test_selective_fine_tuning_freezes_the_rest():
+  c, src, info, model, tx, state = _setup(
+      "lap_wsl", trainable=("global_pool", "head"))
+  terms = loop.LAPTraining.from_config(c, info)
+  new, _ = loop.train_step(state, _batch(src, c), model=model, tx=tx,
+                           lap_terms=terms)
+  for name in state.params:
+    same = jax.tree.leaves(jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)), new.params[name],
+        state.params[name]))
+    assert all(same) == (name not in ("global_pool", "head")), name
+  jax.tree.map(np.testing.assert_array_equal, new.batch_stats,
+               state.batch_stats)          # every BatchNorm is frozen here
+
+
+def test_detached_config_needs_a_trained_run():
+  c = lap_configs.get_config("lap_detached,tiny")
+  c.init_from = None
+  from lapjax.train.config import validate
+  with pytest.raises(ValueError, match="init_from"):
+    validate(c)
