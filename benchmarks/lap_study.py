@@ -1,20 +1,22 @@
 r"""The LAP paper's claims on the binary clue benchmark, over seeds.
 
-  python benchmarks/lap_study.py --seeds 0 1 2          # trains + scores
+  for s in 0 1 2; do python benchmarks/lap_study.py --seeds $s & done; wait
   python benchmarks/lap_study.py --report               # docs/lap_study/
 
 Variants (``configs/lap.py``): ``vanilla``; ``lap_wsl`` (LAP-Pools at every
 pooling place, weak supervision, the paper's RSNA setting); ``lap_bbl``
 (expert boxes, Eq. 8); ``lap_detached`` (detached LAPs on every block of
 the frozen vanilla model of the same seed); the ablations ``naive_v1``
-and ``naive_v2`` (Table 3; ``hybrid`` with ``--variants``). Setting, small enough for a 2-core
-CPU: 32x32 binary clue images (clue boxes 4-20 % of the image), SmallCNN
-widths (16, 32, 64) (LAP grids 32, 16, 8), ``--steps`` AdamW steps at the
-default schedule, batch 64; seeds change initialisation and batch order.
+and ``naive_v2`` (Table 3; ``hybrid`` with ``--variants``). Setting,
+small enough for a 2-core CPU: 32x32 binary clue images (clue boxes 4-20 %
+of the image), SmallCNN widths (16, 32, 64) (LAP grids 32, 16, 8),
+``--steps`` AdamW steps at the default schedule, batch 64; seeds change
+initialisation and batch order.
 
 Each run is scored by ``lapjax.evaluation.lap_report.lap_evaluation`` on
-the first 256 test images (learned thresholds from 128 validation
-images) (IoU with the true clue mask under four
+the first 256 test images (learned thresholds from 64 validation
+images) for LAP and the paper's bar methods: input x gradient, guided
+backprop, Grad-CAM at ``block3`` (IoU with the true clue mask under four
 binarisations, SRG, keep-top-k accuracy, standalone LAPs) plus test
 accuracy on 2,000 images. One JSON line per run in
 ``docs/lap_study/results.jsonl``; ``--report`` writes ``results.md``.
@@ -61,8 +63,8 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
   c.optimizer.warmup_steps = steps // 20
   c.evaluation.layer = "block3"
   c.evaluation.lap_images = 256
-  c.evaluation.lap_val_images = 128
-  c.evaluation.ig_steps = 8
+  c.evaluation.lap_val_images = 64
+  c.evaluation.methods = ("input_x_gradient", "guided_backprop", "grad_cam")
   if c.lap.mode == "plugged":
     c.lap.places = ("pool1", "pool2", "global_pool")
   elif c.lap.mode == "detached":

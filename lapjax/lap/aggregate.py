@@ -55,14 +55,3 @@ def aggregate_depth(maps: Sequence[jax.Array], *, decay: float = 0.8
 
 def _upsample(a: jax.Array, fh: int, fw: int) -> jax.Array:
   return jnp.repeat(jnp.repeat(a, fh, axis=1), fw, axis=2)
-
-
-def to_input_resolution(maps: jax.Array, size: tuple[int, int],
-                        method: str = "nearest") -> jax.Array:
-  """``[B, h, w, M] -> [B, M, H, W]``: LAP maps as attribution maps."""
-  maps = jnp.moveaxis(maps, -1, 1)
-  if tuple(maps.shape[-2:]) == tuple(size):
-    return maps
-  return jax.image.resize(maps, (*maps.shape[:2], *size), method)
-
-
