@@ -1,6 +1,6 @@
 r"""LAP costs, measured side by side in one run (paper 000, Sec. 3.4).
 
-  python benchmarks/lap.py [--reps 20] [--batch 64]
+  python benchmarks/lap.py [--reps 20] [--batch 64] [--ablations]
 
 The default SmallCNN (64x64 binary clue images, widths 16-128) against its
 LAP-extended versions: the paper's 4-LAP setting (LAP-Pools at ``pool1
@@ -9,7 +9,9 @@ both with every LAP loss (weak supervision with reference maps,
 discriminative modules, concordance). Reports ms per training step and the
 ratio to the vanilla step; then, for one batch, the LAP maps (aggregated,
 at input resolution) against a plain forward pass of the same model and
-Grad-CAM at ``block4``. Jitted, compile excluded, median over ``--reps``.
+Grad-CAM at ``block4``. ``--ablations``: the 4-LAP step with one LAP
+setting changed at a time instead. Jitted, compile excluded, median over
+``--reps``.
 """
 
 import argparse
@@ -31,33 +33,55 @@ from lapjax.data import batching, sources  # noqa: E402
 from lapjax.train import loop  # noqa: E402
 from lapjax.train.state import create_train_state  # noqa: E402
 
+ABLATIONS = {"as configured": {}, "heads of width 16": {"head_widths": (16,)},
+             "linear heads": {"head_widths": ()},
+             "no discriminative modules": {"discriminative": False},
+             "MaxAR off": {"gamma_max": None},
+             "concordance off": {"concordance_weight": 0.0},
+             "LAP losses weighted 0": {"weight": 0.0,
+                                       "concordance_weight": 0.0,
+                                       "discriminative": False}}
 SETTINGS = {"vanilla": None,
             "4 LAPs": ("pool1", "pool2", "pool3", "global_pool"),
             "2 LAPs": ("pool3", "global_pool")}
+
+
+def step_time(places, changes, batch_size, reps):
+  """Median seconds of one jitted training step (LAP settings changed)."""
+  c = lap_configs.get_config("vanilla" if places is None else "lap_wsl")
+  if places is not None:
+    c.lap.places = places
+  for k, v in changes.items():
+    c.lap[k] = v
+  source, info = sources.make_source(c.data, "train")
+  model = loop.build_model(c, info)
+  tx, _ = loop.make_optimizer(c)
+  state = create_train_state(model, tx, jax.random.key(0),
+                             info["image_shape"])
+  b = batching.train_batch(source, batch_size, 0, 0)
+  batch = {k: b[k] for k in ("image", "label")}
+  terms = loop.LAPTraining.from_config(c, info)
+  step = jax.jit(lambda s, x: loop.train_step(s, x, model=model, tx=tx,
+                                              lap_terms=terms))
+  return timed(step, state, batch, reps=reps), model, state, batch
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--reps", type=int, default=20)
   parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--ablations", action="store_true")
   args = parser.parse_args()
+  if args.ablations:
+    for name, changes in ABLATIONS.items():
+      t = step_time(SETTINGS["4 LAPs"], changes, args.batch, args.reps)[0]
+      print(json.dumps({"what": "train step, 4 LAPs", "change": name,
+                        "ms": 1e3 * t}), flush=True)
+    return
   rows = {}
   for name, places in SETTINGS.items():
-    c = lap_configs.get_config("vanilla" if places is None else "lap_wsl")
-    if places is not None:
-      c.lap.places = places
-    source, info = sources.make_source(c.data, "train")
-    model = loop.build_model(c, info)
-    tx, _ = loop.make_optimizer(c)
-    state = create_train_state(model, tx, jax.random.key(0),
-                               info["image_shape"])
-    b = batching.train_batch(source, args.batch, 0, 0)
-    batch = {k: b[k] for k in ("image", "label")}
-    terms = loop.LAPTraining.from_config(c, info)
-    step = jax.jit(lambda s, x, model=model, tx=tx, terms=terms:
-                   loop.train_step(s, x, model=model, tx=tx,
-                                   lap_terms=terms))
-    rows[name] = timed(step, state, batch, reps=args.reps)
+    rows[name], model, state, batch = step_time(places, {}, args.batch,
+                                                args.reps)
     row = {"what": "train step", "setting": name,
            "ms": 1e3 * rows[name], "ratio_to_vanilla":
            rows[name] / rows["vanilla"]}

@@ -92,11 +92,32 @@ def _flat(maps: jax.Array) -> jax.Array:           # [B, h, w, M] -> [B, M, n]
 
 
 def _mean_of_top(values: jax.Array, ranking: jax.Array, k: int) -> jax.Array:
-  """Mean of ``values`` over the ``k`` highest ``ranking`` (last axis)."""
+  """Mean of ``values`` over the ``k`` highest ``ranking`` (last axis).
+
+  The ``k``-th highest ranking value is found by bisection (32 halvings of
+  ``[min, max]``, below float32 resolution) instead of a sort: the same
+  selection, 2-14x faster than ``lax.top_k`` on XLA:CPU for the paper's
+  ratios (``benchmarks/lap.py``). Elements tied at the boundary share the
+  remaining places equally, a deterministic rule.
+  """
   if k >= values.shape[-1]:
     return values.mean(-1)
-  idx = jax.lax.top_k(ranking, k)[1]
-  return jnp.take_along_axis(values, idx, -1).mean(-1)
+  lo = ranking.min(-1, keepdims=True)
+  hi = jnp.nextafter(ranking.max(-1, keepdims=True), jnp.inf)
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) / 2
+    enough = (ranking >= mid).sum(-1, keepdims=True) >= k
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+  above = ranking >= hi                        # fewer than k: all selected
+  tied = (ranking >= lo) & ~above              # share the remaining places
+  n_above = above.sum(-1)
+  share = (k - n_above) / jnp.maximum(tied.sum(-1), 1)
+  return (jnp.where(above, values, 0).sum(-1)
+          + share * jnp.where(tied, values, 0).sum(-1)) / k
 
 
 def lap_supervision_loss(maps: jax.Array, labels: jax.Array, dcs: DCSystem,

@@ -175,3 +175,26 @@ def test_objective_sums_weighted_terms():
   expected += 2 * lap.concordance_loss(maps)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   assert math.isclose(float(parts["lap"]), float(total), rel_tol=1e-6)
+
+
+def test_top_k_selection_matches_a_sort_including_gradients():
+  rng = np.random.default_rng(5)
+  values = jnp.asarray(rng.normal(size=(3, 2, 97)), jnp.float32)
+  ranking = jnp.asarray(rng.uniform(size=(3, 2, 97)), jnp.float32)
+  for k in (1, 10, 48, 96):
+    idx = np.argsort(-np.asarray(ranking), axis=-1)[..., :k]
+    ref = np.take_along_axis(np.asarray(values), idx, -1).mean(-1)
+    np.testing.assert_allclose(losses._mean_of_top(values, ranking, k), ref,
+                               rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda v: losses._mean_of_top(v, ranking, k).sum())(values)
+    expected = np.zeros(values.shape)
+    np.put_along_axis(expected, idx, 1.0 / k, -1)
+    np.testing.assert_allclose(g, expected, atol=1e-6)
+
+
+def test_top_k_ties_at_the_boundary_share_the_places():
+  values = jnp.array([[4.0, 1.0, 2.0, 3.0]])
+  ranking = jnp.array([[1.0, 0.5, 0.5, 0.5]])
+  # top 2: element 0, then one place shared by the three tied elements.
+  np.testing.assert_allclose(losses._mean_of_top(values, ranking, 2),
+                             [(4.0 + (1 + 2 + 3) / 3) / 2], rtol=1e-6)
