@@ -152,3 +152,13 @@ def test_detached_config_needs_a_trained_run():
   from lapjax.train.config import validate
   with pytest.raises(ValueError, match="init_from"):
     validate(c)
+
+
+def test_graft_copies_matching_leaves_only():
+  ours = {"a": {"w": np.zeros(3)}, "b": np.zeros(2), "new": np.zeros(1)}
+  theirs = {"a": {"w": np.ones(3)}, "b": np.ones(5), "gone": np.ones(1)}
+  out, n = loop.graft(ours, theirs)
+  assert n == 1
+  np.testing.assert_array_equal(out["a"]["w"], 1)
+  np.testing.assert_array_equal(out["b"], 0)            # shape differs
+  np.testing.assert_array_equal(out["new"], 0)

@@ -186,7 +186,8 @@ def test_top_k_selection_matches_a_sort_including_gradients():
     ref = np.take_along_axis(np.asarray(values), idx, -1).mean(-1)
     np.testing.assert_allclose(losses._mean_of_top(values, ranking, k), ref,
                                rtol=1e-5, atol=1e-6)
-    g = jax.grad(lambda v: losses._mean_of_top(v, ranking, k).sum())(values)
+    g = jax.grad(lambda v, k=k: losses._mean_of_top(v, ranking, k).sum())(
+        values)
     expected = np.zeros(values.shape)
     np.put_along_axis(expected, idx, 1.0 / k, -1)
     np.testing.assert_allclose(g, expected, atol=1e-6)
