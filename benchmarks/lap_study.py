@@ -77,9 +77,15 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
   return c
 
 
+DEFAULT_STEPS = 600
+
+
 def run(variant: str, seed: int, steps: int, runs: str) -> dict:
+  """Trains and scores one run; rows of a non-default ``steps`` are
+  reported as ``variant@steps``."""
   config = study_config(variant, seed, steps, runs)
-  workdir = os.path.join(runs, f"{variant}_s{seed}")
+  name = variant if steps == DEFAULT_STEPS else f"{variant}@{steps}"
+  workdir = os.path.join(runs, f"{name}_s{seed}")
   t0 = time.perf_counter()
   state = train_and_evaluate(config, workdir, progress=False)
   train_s = time.perf_counter() - t0
@@ -94,7 +100,7 @@ def run(variant: str, seed: int, steps: int, runs: str) -> dict:
                           lap_layers=lap_map_layers(config),
                           membership=dc_membership(model_info),
                           key=jax.random.key(seed))
-  return {"variant": variant, "seed": seed, "steps": steps,
+  return {"variant": name, "seed": seed, "steps": steps,
           "train_s": train_s,
           "test_accuracy": float(np.mean(logits.argmax(-1) == labels)),
           **report}
@@ -165,7 +171,7 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "lap_study"))
   p.add_argument("--report", action="store_true")
   args = p.parse_args()

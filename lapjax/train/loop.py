@@ -163,7 +163,6 @@ class LAPTraining(NamedTuple):
   """The LAP terms of the loss (``config.lap``), hashable."""
   objective: lap.LAPObjective
   detached: bool                 # no classification loss (frozen backbone)
-  frozen_stats: tuple[str, ...]  # trainable prefixes (BatchNorm kept else)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict,
@@ -172,13 +171,14 @@ class LAPTraining(NamedTuple):
     if config.lap.mode == "off":
       return None
     return cls(lap_objective(config, dc_membership(info), expert_gamma_iar),
-               config.lap.mode == "detached", trainable_prefixes(config))
+               config.lap.mode == "detached")
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                model: nn.Module, tx: optax.GradientTransformation,
                explain: ExplainLoss | None = None,
-               lap_terms: LAPTraining | None = None
+               lap_terms: LAPTraining | None = None,
+               trainable: tuple[str, ...] = ()
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (global) batch; returns the new state, metrics.
 
@@ -187,8 +187,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   the Grad-CAM lapjax computes for the current parameters. With
   ``lap_terms``, it adds the LAP objective of the maps the model records
   (and, for detached LAPs, drops the classification loss, which no
-  trainable parameter affects). BatchNorm statistics outside the trainable
-  prefixes are kept as they were.
+  trainable parameter affects); the terms add up. With ``trainable``
+  (``trainable_prefixes``), BatchNorm statistics outside those prefixes
+  are kept as they were (the optimiser already freezes the parameters).
   """
   mutable = ["batch_stats"] + (["lap"] if lap_terms is not None else [])
 
@@ -198,13 +199,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
         train=True, mutable=mutable, rngs={"dropout": state.step_key()})
     ce = cross_entropy_loss(logits, batch["label"])
     parts = {"cross_entropy": ce}
-    loss = ce
+    detached = lap_terms is not None and lap_terms.detached
+    loss = jnp.zeros(()) if detached else ce
     if lap_terms is not None:
       maps, disc = lap.lap_outputs(updates["lap"])
       lap_loss, lap_parts = lap_terms.objective(
           maps, disc, batch["label"], batch.get("box_mask"))
       parts.update(lap_parts)
-      loss = lap_loss if lap_terms.detached else ce + lap_loss
+      loss = loss + lap_loss
     if explain is not None:
       clf = from_flax(model, {"params": params,
                               "batch_stats": state.batch_stats},
@@ -213,14 +215,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
           clf, batch, kind=explain.kind, layer=explain.layer,
           fraction=explain.top_k, reading=explain.reading,
           temperature=explain.temperature)
-      loss = ce + explain.alpha * parts["explain"]
+      loss = loss + explain.alpha * parts["explain"]
     return loss, (logits, updates.get("batch_stats", {}), parts)
 
   (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  if lap_terms is not None and lap_terms.frozen_stats:
-    keep = trainable_mask(batch_stats, lap_terms.frozen_stats)
+  if trainable:
+    keep = trainable_mask(batch_stats, trainable)
     batch_stats = jax.tree.map(lambda k, new, old: new if k else old, keep,
                                batch_stats, state.batch_stats)
   new_state = state.replace(step=state.step + 1,
@@ -234,12 +236,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh,
                     explain: ExplainLoss | None = None,
-                    lap_terms: LAPTraining | None = None):
+                    lap_terms: LAPTraining | None = None,
+                    trainable: tuple[str, ...] = ()):
   """``train_step`` jitted over ``mesh``: batch split on 'data', state
   replicated, the input state donated."""
   return jax.jit(
       functools.partial(train_step, model=model, tx=tx, explain=explain,
-                        lap_terms=lap_terms),
+                        lap_terms=lap_terms, trainable=trainable),
       in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
       out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
       donate_argnums=0)
@@ -357,7 +360,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   needs_boxes = bool(explain) or expert
   keys = ("image", "label") + (("boxes", "boxes_valid") if explain else ())
   keys += ("box_mask",) if expert else ()
-  step_fn = make_train_step(model, tx, mesh, explain, lap_terms)
+  step_fn = make_train_step(model, tx, mesh, explain, lap_terms,
+                            trainable_prefixes(config))
   local_batch = config.batch_size // jax.process_count()
   start = int(state.step)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,

@@ -116,8 +116,9 @@ def test_detached_laps_leave_the_backbone_bit_identical():
       backbone.apply(bvars, x))
   terms = loop.LAPTraining.from_config(c, info)
   assert terms.detached
-  step = jax.jit(lambda s, b: loop.train_step(s, b, model=model, tx=tx,
-                                              lap_terms=terms))
+  step = jax.jit(lambda s, b: loop.train_step(
+      s, b, model=model, tx=tx, lap_terms=terms,
+      trainable=loop.trainable_prefixes(c)))
   new = state
   for i in range(3):
     new, metrics = step(new, _batch(src, c, i))
@@ -136,7 +137,7 @@ def test_selective_fine_tuning_freezes_the_rest():
       "lap_wsl", trainable=("global_pool", "head"))
   terms = loop.LAPTraining.from_config(c, info)
   new, _ = loop.train_step(state, _batch(src, c), model=model, tx=tx,
-                           lap_terms=terms)
+                           lap_terms=terms, trainable=c.trainable)
   for name in state.params:
     same = jax.tree.leaves(jax.tree.map(
         lambda a, b: bool(np.array_equal(a, b)), new.params[name],
@@ -162,3 +163,19 @@ def test_graft_copies_matching_leaves_only():
   np.testing.assert_array_equal(out["a"]["w"], 1)
   np.testing.assert_array_equal(out["b"], 0)            # shape differs
   np.testing.assert_array_equal(out["new"], 0)
+
+
+def test_explanation_loss_combines_with_lap_losses():
+  c, src, info, model, tx, state = _setup("lap_wsl")
+  c.explain_loss.type = "logit_sqr"
+  c.explain_loss.layer = "block2"
+  explain = loop.ExplainLoss.from_config(c)
+  terms = loop.LAPTraining.from_config(c, info)
+  b = batching.train_batch(src, 16, 0, 0)
+  batch = {k: b[k] for k in ("image", "label", "boxes", "boxes_valid")}
+  _, m = loop.train_step(state, batch, model=model, tx=tx, explain=explain,
+                         lap_terms=terms)
+  assert float(m["explain"]) > 0 and float(m["lap"]) > 0
+  np.testing.assert_allclose(
+      m["loss"], m["cross_entropy"] + c.explain_loss.alpha * m["explain"]
+      + m["lap"], rtol=1e-5)
