@@ -75,8 +75,9 @@ def test_unknown_lap_place_is_refused(tmp_path):
     loop.train_and_evaluate(c, str(tmp_path), progress=False)
 
 
-def test_lap_training_step_is_deterministic_and_finite():
-  c, src, info, model, tx, state = _setup("lap_wsl")
+@pytest.mark.parametrize("variant", ["lap_wsl", "lap_wsl,multi"])
+def test_lap_training_step_is_deterministic_and_finite(variant):
+  c, src, info, model, tx, state = _setup(variant)
   terms = loop.LAPTraining.from_config(c, info)
   step = jax.jit(lambda s, b: loop.train_step(s, b, model=model, tx=tx,
                                               lap_terms=terms))
