@@ -12,7 +12,10 @@ and ``naive_v2`` (Table 3; ``hybrid`` with ``--variants``). Setting,
 small enough for a 2-core CPU: 32x32 binary clue images (clue boxes 4-20 %
 of the image), SmallCNN widths (16, 32, 64) (LAP grids 32, 16, 8),
 ``--steps`` AdamW steps at the default schedule, batch 64; seeds change
-initialisation and batch order.
+initialisation and batch order. ``NAME,multi`` variants use the 4-class
+clue benchmark (3 one-vs-others DCs) with the paper's ImageNet setting: 2
+LAPs (``pool2 global_pool``; detached: ``block2 block3``), MaxAR off, LAP
+weight 0.1.
 
 Each run is scored by ``lapjax.evaluation.lap_report.lap_evaluation`` on
 the first 256 test images (learned thresholds from 64 validation
@@ -67,12 +70,15 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
   c.evaluation.lap_images = 256
   c.evaluation.lap_val_images = 64
   c.evaluation.methods = ("input_x_gradient", "guided_backprop", "grad_cam")
+  multi = not c.data.binary         # 2 LAPs, the paper's ImageNet setting
   if c.lap.mode == "plugged":
-    c.lap.places = ("pool1", "pool2", "global_pool")
+    c.lap.places = (("pool2",) if multi else ("pool1", "pool2")) + (
+        "global_pool",)
   elif c.lap.mode == "detached":
-    c.lap.places = ("block2", "block3") if deep else ("block1", "block2",
-                                                      "block3")
-    c.init_from = os.path.join(runs, f"vanilla_s{seed}")
+    c.lap.places = ("block2", "block3") if deep or multi else (
+        "block1", "block2", "block3")
+    c.init_from = os.path.join(runs, "vanilla,multi" if multi else "vanilla"
+                               ) + f"_s{seed}"
     c.evaluation.layer = "backbone/block3"
   return c
 

@@ -82,7 +82,7 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
   e = config.evaluation
   dcs = dc_system(membership)
   clf = from_flax(model, variables, layers=[e.layer, *lap_layers])
-  table = standard_methods(e.layer, key=key, image_size=1,
+  table = standard_methods(e.layer, key=key, image_size=1,  # no occlusion
                            ig_steps=e.ig_steps, lap_layers=lap_layers,
                            dcs=dcs, lap_decay=config.lap.decay)
   wanted = [m for m in e.methods if m in BASELINE_METHODS]
