@@ -123,7 +123,8 @@ def report() -> None:
     v = np.asarray(values, np.float64) * scale
     return f"{v.mean():.1f} ± {v.std():.1f}" if v.size else ""
 
-  lines = ["# LAP study on the binary clue benchmark", "",
+  lines = ["# LAP study on the clue benchmark (binary; `,multi`: 4 classes)",
+           "",
            f"{len(rows)} runs; mean ± std over the seeds of each variant "
            "(accuracy table); command in "
            "`benchmarks/lap_study.py`. IoU in percent with the true clue "
