@@ -72,7 +72,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.lap.places = c.lap.places[-2:]
     c.init_from = "runs/lap_vanilla" + ("_multi" if multi else "")
     c.evaluation.layer = f"backbone/{c.evaluation.layer}"
-    c.evaluation.sanity_methods = ("gradient", "grad_cam")  # no guided ReLU
   elif name in ("naive_v1", "naive_v2", "hybrid"):
     c.lap.gamma_max = None
     c.lap.gamma_iar = 1.0

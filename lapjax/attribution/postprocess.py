@@ -72,20 +72,24 @@ def gaussian_blur(maps: jax.Array, *, sigma: float = 2.0,
   return sum(k[i] * m[..., :, i:i + w] for i in range(kernel_size))
 
 
+def pixel_ranks(maps: jax.Array) -> jax.Array:
+  """``[..., H, W]`` int: 0 for each map's highest pixel; ties broken by a
+  stable sort (the lower flat index ``y * W + x`` first), never at random."""
+  h, w = maps.shape[-2:]
+  flat = maps.reshape(*maps.shape[:-2], h * w)
+  order = jnp.argsort(-flat, axis=-1, stable=True)
+  return jnp.argsort(order, axis=-1, stable=True).reshape(maps.shape)
+
+
 def binarize_top_k(maps: jax.Array, fraction: float) -> jax.Array:
   """The ``ceil(fraction * H * W)`` highest pixels of each map.
 
-  Exactly that many pixels are True; ties are broken by a stable sort (the
-  lower flat index wins), never at random.
+  Exactly that many pixels are True; ties as in ``pixel_ranks``.
   """
   if not 0 < fraction <= 1:
     raise ValueError(f"fraction must be in (0, 1]; got {fraction}")
   h, w = maps.shape[-2:]
-  k = int(-(-fraction * h * w // 1))
-  flat = maps.reshape(*maps.shape[:-2], h * w)
-  order = jnp.argsort(-flat, axis=-1, stable=True)
-  ranks = jnp.argsort(order, axis=-1, stable=True)
-  return (ranks < k).reshape(maps.shape)
+  return pixel_ranks(maps) < int(-(-fraction * h * w // 1))
 
 
 def binarize_top_count(maps: jax.Array, counts: jax.Array) -> jax.Array:
@@ -94,13 +98,11 @@ def binarize_top_count(maps: jax.Array, counts: jax.Array) -> jax.Array:
   The LAP paper's "top-scored selection" (App. D.2.2) with ``counts`` the
   ground-truth region sizes; stable ties as in ``binarize_top_k``.
   """
-  b, h, w = maps.shape
   counts = jnp.asarray(counts)
-  if counts.shape != (b,):
-    raise ValueError(f"counts must be [B] = [{b}]; got shape {counts.shape}")
-  order = jnp.argsort(-maps.reshape(b, h * w), axis=-1, stable=True)
-  ranks = jnp.argsort(order, axis=-1, stable=True)
-  return (ranks < counts[:, None]).reshape(maps.shape)
+  if maps.ndim != 3 or counts.shape != maps.shape[:1]:
+    raise ValueError(f"maps must be [B, H, W] and counts [B]; got shapes "
+                     f"{maps.shape} and {counts.shape}")
+  return pixel_ranks(maps) < counts[:, None, None]
 
 
 def binarize_mean_std(maps: jax.Array, k: float = 1.0) -> jax.Array:

@@ -81,7 +81,7 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   report["figures"] = [figure]
   if "mask" in batch:
     report.update(_explanation_report(config, model, state, source, workdir,
-                                      info["class_names"], logits))
+                                      info, logits))
     report["figures"] += ["explanations.png", "sanity.png"]
     if config.lap.mode != "off" or config.evaluation.lap_report:
       val, _ = sources.make_source(config.data, "validation")
@@ -96,15 +96,15 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
 
 
 def _explanation_report(config, model, state, source, workdir,
-                        names: list[str], logits: np.ndarray
+                        info: dict[str, Any], logits: np.ndarray
                         ) -> dict[str, Any]:
   """Methods x localisation metrics, the figure grid and sanity curves."""
   e = config.evaluation
+  names = info["class_names"]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   lap_layers = lap_map_layers(config)
   clf = from_flax(model, variables, layers=[e.layer, *lap_layers])
-  guided = (attr.guided_classifier(model, variables, layers=[e.layer])
-            if hasattr(model, "act") else None)
+  guided = attr.guided_classifier(model, variables, layers=[e.layer])
   n = min(e.num_images, source.num_examples)
   batch = source.get(np.arange(n))
   key = jax.random.key(e.seed)
@@ -120,15 +120,13 @@ def _explanation_report(config, model, state, source, workdir,
                            smoothgrad_samples=e.smoothgrad_samples,
                            sloc_masks=e.sloc_masks, sloc_steps=e.sloc_steps,
                            sloc_p=sloc_p, lap_layers=lap_layers,
-                           dcs=lap.dc_system(dc_membership(
-                               sources.data_info(config.data))),
+                           dcs=lap.dc_system(dc_membership(info)),
                            lap_decay=config.lap.decay)
   unknown = [m for m in e.methods if m not in table]
   if unknown:
     raise ValueError(f"unknown config.evaluation.methods {unknown}; "
                      f"available: {sorted(table)}")
-  methods = {m: table[m] for m in e.methods
-             if guided is not None or not table[m].guided}
+  methods = {m: table[m] for m in e.methods}
   maps = explanations.explain(clf, guided, batch["image"], batch["label"],
                               methods)
   scores = {name: {metric: nan_summary(v) for metric, v in

@@ -89,12 +89,8 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
   methods = {m: table[m] for m in wanted}
   if lap_layers:
     methods.update({m: v for m, v in table.items() if m.startswith("lap")})
-  guided = None
-  if any(m.guided for m in methods.values()):
-    try:
-      guided = attr.guided_classifier(model, variables, layers=[e.layer])
-    except ValueError:            # no injectable activation (detached)
-      methods = {k: v for k, v in methods.items() if not v.guided}
+  guided = (attr.guided_classifier(model, variables, layers=[e.layer])
+            if any(m.guided for m in methods.values()) else None)
 
   def explained(source, n):
     batch = source.get(np.arange(min(n, source.num_examples)))
@@ -119,25 +115,22 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
     m = jnp.asarray(m)
     binary = {"mu_sigma": postprocess.binarize_mean_std(m),
               "top_k_gt": postprocess.binarize_top_count(m, counts)}
-    try:
-      if vmaps is None:
-        raise ValueError("no correctly classified validation clue image")
-      thresholds[name] = metrics.learned_threshold(vmaps[name],
-                                                   val["mask"][vkeep])
-      binary["learned"] = metrics.binarize_learned(m, thresholds[name])
-    except ValueError as err:
-      thresholds[name] = str(err)
+    if vmaps is None:
+      thresholds[name] = "no correctly classified validation clue image"
+    else:
+      try:
+        thresholds[name] = metrics.learned_threshold(vmaps[name],
+                                                     val["mask"][vkeep])
+        binary["learned"] = metrics.binarize_learned(m, thresholds[name])
+      except ValueError as err:     # the map does not separate the pixels
+        thresholds[name] = str(err)
     if name.startswith("lap"):
       binary["lap_0.5"] = m > 0.5
     iou[name] = {b: nan_summary(metrics.iou(v, masks))
                  for b, v in binary.items()}
-    srg[name] = nan_summary(np.concatenate([
-        np.asarray(srg_fn(clf, x[i:i + 32], m[i:i + 32],
-                          targets[i:i + 32])["srg"])
-        for i in range(0, len(keep), 32)]))
-    keep_top[name] = np.concatenate([
-        np.asarray(keep_fn(clf, x[i:i + 32], m[i:i + 32], targets[i:i + 32]))
-        for i in range(0, len(keep), 32)]).mean(0).tolist()
+    # The metrics chunk their forward passes (chunk_size) themselves.
+    srg[name] = nan_summary(srg_fn(clf, x, m, targets)["srg"])
+    keep_top[name] = np.asarray(keep_fn(clf, x, m, targets)).mean(0).tolist()
   report = {"n_images": int(len(keep)), "n_validation_images": int(len(vkeep)),
             "iou": iou, "srg": srg, "keep_top_accuracy": {
                 "fractions": list(metrics.faithfulness.KEEP_FRACTIONS),

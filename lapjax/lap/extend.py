@@ -31,7 +31,7 @@ import jax
 
 from lapjax.lap.head import LAPHead
 from lapjax.lap.pool import AGGREGATIONS, LAPPool
-from lapjax.models.layers import standard_pool
+from lapjax.models.layers import Activation, standard_pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,12 @@ class LAPSpec:
 
   def map_layers(self) -> tuple[str, ...]:
     """``from_flax`` taps of the LAP maps, in ``places`` order."""
-    return tuple(f"{p}/head" for p in self.places)
+    return plugged_map_layers(self.places)
+
+
+def plugged_map_layers(places: Sequence[str]) -> tuple[str, ...]:
+  """``from_flax`` taps of the maps of LAP-Pools at ``places``."""
+  return tuple(f"{p}/head" for p in places)
 
 
 def check_places(spec: LAPSpec, found: Sequence[str]) -> None:
@@ -106,12 +111,21 @@ class DetachedLAPModel(nn.Module):
     num_dcs: ``M``.
     head_widths: hidden widths of each LAP head.
     discriminative: also build the discriminative scoring modules.
+    act: an activation to inject into the backbone (None: its own), so
+      that ``clone(act=guided_relu)`` works as for every lapjax model.
   """
   backbone: nn.Module
   layers: tuple[str, ...]
   num_dcs: int
   head_widths: tuple[int, ...] = (64,)
   discriminative: bool = True
+  act: Activation | None = None
+
+  def __post_init__(self):
+    if self.act is not None and getattr(self.backbone, "act",
+                                        None) is not self.act:
+      object.__setattr__(self, "backbone", self.backbone.clone(act=self.act))
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

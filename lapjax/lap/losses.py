@@ -254,13 +254,15 @@ def resize_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 def reference_maps(maps: Sequence[jax.Array],
-                   disc_maps: Sequence[jax.Array] | None = None
-                   ) -> list[jax.Array]:
+                   disc_maps: Sequence[jax.Array] | None = None, *,
+                   across_laps: bool = True) -> list[jax.Array]:
   """The ranking maps of App. C.4-C.5, one per LAP, under stop-gradient:
-  ``sum over LAPs l' of resize(I^l' (+ D^l'))`` at each LAP's grid."""
-  summed = [m if disc_maps is None else m + d
+  ``sum over LAPs l' of resize(I^l' (+ D^l'))`` at each LAP's grid, or
+  each LAP's own ``I^l (+ D^l)`` with ``across_laps=False``."""
+  summed = [jax.lax.stop_gradient(m if disc_maps is None else m + d)
             for m, d in zip(maps, disc_maps or maps)]
-  summed = [jax.lax.stop_gradient(s) for s in summed]
+  if not across_laps:
+    return summed
   return [sum(resize_maps(s, m.shape[1:3]) for s in summed) for m in maps]
 
 

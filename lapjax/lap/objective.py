@@ -88,11 +88,8 @@ class LAPObjective(NamedTuple):
     weights = (self.weights * len(maps) if len(self.weights) == 1
                else self.weights)
     if self.supervision == "weak":
-      if self.reference == "sum":
-        refs = losses.reference_maps(maps, disc_maps)
-      else:
-        refs = [m if disc_maps is None else m + d
-                for m, d in zip(maps, disc_maps or maps)]
+      refs = losses.reference_maps(maps, disc_maps,
+                                   across_laps=self.reference == "sum")
     elif masks is None:
       raise ValueError("expert LAP supervision needs the batch's box masks")
     parts = {}

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lapjax.attribution import core
+from lapjax.attribution import core, postprocess
 from lapjax.classifier import Classifier
 
 POS_NEG_FRACTIONS = tuple(k / 10 for k in range(10))      # 0 %, 10 %, ... 90 %
@@ -66,13 +66,6 @@ def _check(classifier, x, maps, targets):
     if lo < 0 or hi >= k:
       raise ValueError(f"targets must be in [0, {k}); got [{lo}, {hi}]")
   return x, maps, t
-
-
-def ranks(maps: jax.Array) -> jax.Array:
-  """``[B, H, W]`` int: 0 for the most relevant pixel (stable ties)."""
-  b, h, w = maps.shape
-  order = jnp.argsort(-maps.reshape(b, h * w), axis=-1, stable=True)
-  return jnp.argsort(order, axis=-1, stable=True).reshape(b, h, w)
 
 
 def score_images(classifier: Classifier, images: jax.Array,
@@ -121,7 +114,7 @@ def perturbation_curve(classifier: Classifier, x: jax.Array, maps: jax.Array,
     raise ValueError(f"score must be one of {SCORES}; got {score!r}")
   b, h, w = maps.shape
   counts = jnp.asarray(np.rint(f * h * w), jnp.int32)
-  r = ranks(maps)[..., None]
+  r = postprocess.pixel_ranks(maps)[..., None]
   base = core.baseline_images(x, baseline, blur_sigma)
 
   def chunk(k):                                       # [n] -> [n, B]
@@ -310,7 +303,7 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array,
   blurred = core.baseline_images(x, "blur", sigma)
   start = jnp.where(random_on[None, ..., None], x, blurred)
   counts = jnp.asarray(np.rint(f * h * w), jnp.int32)
-  r = ranks(maps)[..., None]
+  r = postprocess.pixel_ranks(maps)[..., None]
 
   def chunk(k):
     sharp = (r[None] < k[:, None, None, None, None]) | random_on[..., None]

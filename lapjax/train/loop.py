@@ -75,7 +75,7 @@ def build_model(config: ml_collections.ConfigDict, info: dict[str, Any]
 def lap_map_layers(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """``from_flax`` taps of the LAP maps of a LAP run, shallow to deep."""
   if config.lap.mode == "plugged":
-    return tuple(f"{p}/head" for p in config.lap.places)
+    return lap.extend.plugged_map_layers(config.lap.places)
   if config.lap.mode == "detached":
     return lap.detached_map_layers(config.lap.places)
   return ()

@@ -11,6 +11,7 @@ from lapjax.train import train_and_evaluate
 from lapjax.train.config import validate
 from lapjax.train.loop import ExplainLoss, make_optimizer, train_step
 from lapjax.train.state import create_train_state
+from tests.train.determinism import run_twice
 
 
 def _config(kind="logit_sqr"):
@@ -42,15 +43,8 @@ def test_explain_step_is_deterministic_and_reports_both_terms():
   explain = ExplainLoss.from_config(config)
   step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx,
                                          explain=explain))
-  runs = []
-  for _ in range(2):
-    state = state0
-    for s in range(3):
-      state, metrics = step(state, _batch(source, config, s))
-    runs.append((state, metrics))
-  for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):
-    np.testing.assert_array_equal(a, b)
-  m = runs[0][1]
+  state, m = run_twice(step, state0, [_batch(source, config, s)
+                                      for s in range(3)])
   assert 0.0 <= float(m["explain"]) <= 1.0
   np.testing.assert_allclose(
       m["loss"], m["cross_entropy"] + config.explain_loss.alpha
@@ -60,7 +54,7 @@ def test_explain_step_is_deterministic_and_reports_both_terms():
   for s in range(3):
     p_state, _ = plain(p_state, _batch(source, config, s))
   assert not all(np.allclose(a, b) for a, b in zip(
-      jax.tree.leaves(p_state.params), jax.tree.leaves(runs[0][0].params)))
+      jax.tree.leaves(p_state.params), jax.tree.leaves(state.params)))
 
 
 def test_train_py_path_runs_with_the_explanation_loss(tmp_path):
