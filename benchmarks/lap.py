@@ -1,17 +1,23 @@
 r"""LAP costs, measured side by side in one run (paper 000, Sec. 3.4).
 
   python benchmarks/lap.py [--reps 20] [--batch 64] [--ablations]
+  python benchmarks/lap.py --model resnet18 --batch 16 --reps 5
 
 The default SmallCNN (64x64 binary clue images, widths 16-128) against its
 LAP-extended versions: the paper's 4-LAP setting (LAP-Pools at ``pool1
-pool2 pool3 global_pool``) and its 2-LAP setting (``pool3 global_pool``),
-both with every LAP loss (weak supervision with reference maps,
+pool2 pool3 global_pool``) and its 2-LAP setting (``pool3 global_pool``);
+or, with ``--model resnet18``, the paper's own RSNA model: ResNet-18 on
+224x224 images with LAP-Pools at ``stem_pool stage3_pool stage4_pool
+global_pool`` (4 LAPs, shallow to deep) or ``stage4_pool global_pool`` (2
+LAPs, the paper's ImageNet placement). Every LAP model trains with every
+LAP loss (weak supervision with reference maps,
 discriminative modules, concordance). Reports ms per training step and the
 ratio to the vanilla step; then, for one batch, the LAP maps (aggregated,
 at input resolution) against a plain forward pass of the same model and
-Grad-CAM at ``block4``. ``--ablations``: the 4-LAP step with one LAP
-setting changed at a time instead. Jitted, compile excluded, median over
-``--reps``.
+Grad-CAM at ``block4``. ``--ablations``: the step of one LAP setting
+(``--setting``) with one LAP option changed at a time instead. Jitted,
+compile excluded; the calls are timed in interleaved rounds and each
+reported as its median over ``--reps`` rounds.
 """
 
 import argparse
@@ -25,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.common import timed  # noqa: E402
+from benchmarks.common import timed_side_by_side  # noqa: E402
 from configs import lap as lap_configs  # noqa: E402
 from lapjax import attribution as attr  # noqa: E402
 from lapjax import from_flax, lap  # noqa: E402
@@ -41,14 +47,26 @@ ABLATIONS = {"as configured": {}, "heads of width 16": {"head_widths": (16,)},
              "LAP losses weighted 0": {"weight": 0.0,
                                        "concordance_weight": 0.0,
                                        "discriminative": False}}
-SETTINGS = {"vanilla": None,
-            "4 LAPs": ("pool1", "pool2", "pool3", "global_pool"),
-            "2 LAPs": ("pool3", "global_pool")}
+SETTINGS = {"small_cnn": {"vanilla": None,
+                         "4 LAPs": ("pool1", "pool2", "pool3",
+                                    "global_pool"),
+                         "2 LAPs": ("pool3", "global_pool")},
+            "resnet18": {"vanilla": None,
+                         "4 LAPs": ("stem_pool", "stage3_pool",
+                                    "stage4_pool", "global_pool"),
+                         "2 LAPs": ("stage4_pool", "global_pool")}}
+CAM_LAYER = {"small_cnn": "block4", "resnet18": "stage4"}
 
 
-def step_time(places, changes, batch_size, reps):
-  """Median seconds of one jitted training step (LAP settings changed)."""
+def build_step(model_name, places, changes, batch_size):
+  """A jitted training step, its arguments, the model and one batch (LAP
+  settings ``changes`` applied; ``places`` None: the vanilla model)."""
   c = lap_configs.get_config("vanilla" if places is None else "lap_wsl")
+  if model_name == "resnet18":
+    c.model.name = "resnet18"
+    c.model.kwargs = {}
+    c.data.image_size = (224, 224)
+    c.data.num_train = batch_size          # one batch is all it needs
   if places is not None:
     c.lap.places = places
   for k, v in changes.items():
@@ -63,44 +81,65 @@ def step_time(places, changes, batch_size, reps):
   terms = loop.LAPTraining.from_config(c, info)
   step = jax.jit(lambda s, x: loop.train_step(s, x, model=model, tx=tx,
                                               lap_terms=terms))
-  return timed(step, state, batch, reps=reps), model, state, batch
+  return step, (state, batch), model
+
+
+def map_calls(name, places, cam_layer, model, state, batch):
+  """Forward pass, LAP maps and Grad-CAM of one batch, jitted."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  layers = lap.LAPSpec(places, 1).map_layers()
+  clf = from_flax(model, variables, layers=(cam_layer, *layers))
+  x, t = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+  return {
+      (name, "forward"): (jax.jit(lambda x: clf.apply(x)[0]), (x,)),
+      (name, "lap_maps"): (jax.jit(lambda x, t: attr.lap_maps(
+          clf, x, t, layers=layers, dcs=lap.binary())), (x, t)),
+      (name, "grad_cam"): (jax.jit(lambda x, t: attr.grad_cam(
+          clf, x, t, layer=cam_layer)), (x, t))}
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--reps", type=int, default=20)
   parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--model", default="small_cnn", choices=SETTINGS)
   parser.add_argument("--ablations", action="store_true")
+  parser.add_argument("--setting", default="4 LAPs",
+                      choices=("4 LAPs", "2 LAPs"),
+                      help="the LAP setting --ablations changes")
   args = parser.parse_args()
+  settings = SETTINGS[args.model]
+  steps = {"vanilla": build_step(args.model, None, {}, args.batch)}
   if args.ablations:
     for name, changes in ABLATIONS.items():
-      t = step_time(SETTINGS["4 LAPs"], changes, args.batch, args.reps)[0]
-      print(json.dumps({"what": "train step, 4 LAPs", "change": name,
-                        "ms": 1e3 * t}), flush=True)
+      steps[name] = build_step(args.model, settings[args.setting], changes,
+                               args.batch)
+  else:
+    for name, places in settings.items():
+      if places is not None:
+        steps[name] = build_step(args.model, places, {}, args.batch)
+  times = timed_side_by_side({k: v[:2] for k, v in steps.items()},
+                             reps=args.reps)
+  for name, t in times.items():
+    print(json.dumps({"what": "train step", "model": args.model,
+                      "setting": name, "lap_places": args.setting
+                      if args.ablations else settings[name], "ms": 1e3 * t,
+                      "ratio_to_vanilla": t / times["vanilla"]}), flush=True)
+  if args.ablations:
     return
-  rows = {}
-  for name, places in SETTINGS.items():
-    rows[name], model, state, batch = step_time(places, {}, args.batch,
-                                                args.reps)
-    row = {"what": "train step", "setting": name,
-           "ms": 1e3 * rows[name], "ratio_to_vanilla":
-           rows[name] / rows["vanilla"]}
-    print(json.dumps(row), flush=True)
+  calls = {}
+  for name, places in settings.items():
+    if places is not None:
+      calls.update(map_calls(name, places, CAM_LAYER[args.model],
+                             steps[name][2], *steps[name][1]))
+  times = timed_side_by_side(calls, reps=args.reps)
+  for name, places in settings.items():
     if places is None:
       continue
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    layers = lap.LAPSpec(places, 1).map_layers()
-    clf = from_flax(model, variables, layers=("block4", *layers))
-    x, t = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
-    forward = jax.jit(lambda x, clf=clf: clf.apply(x)[0])
-    maps = jax.jit(lambda x, t, clf=clf, layers=layers: attr.lap_maps(
-        clf, x, t, layers=layers, dcs=lap.binary()))
-    cam = jax.jit(lambda x, t, clf=clf: attr.grad_cam(clf, x, t,
-                                                      layer="block4"))
-    tf = timed(forward, x, reps=args.reps)
-    tm = timed(maps, x, t, reps=args.reps)
-    tc = timed(cam, x, t, reps=args.reps)
-    print(json.dumps({"what": "maps", "setting": name, "batch": args.batch,
+    tf, tm, tc = (times[name, k] for k in ("forward", "lap_maps",
+                                           "grad_cam"))
+    print(json.dumps({"what": "maps", "model": args.model, "setting": name,
+                      "batch": args.batch,
                       "forward_ms": 1e3 * tf, "lap_maps_ms": 1e3 * tm,
                       "grad_cam_ms": 1e3 * tc,
                       "lap_maps_over_forward": tm / tf,

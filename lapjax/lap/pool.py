@@ -24,6 +24,7 @@ tap ``'<pool name>/head'``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -52,37 +53,47 @@ def importance_pool(x: jax.Array, q: jax.Array, alpha: jax.Array, *,
   """Eq. 6-7 for features ``x [B, H, W, F]`` and scores ``q [B, H, W]``.
 
   ``window=None`` pools globally (``[B, F]``). Windows that tile the input
-  are a reshape; others (overlap, ``'SAME'`` padding) extract patches, and
-  padded elements get weight 0.
+  are a reshape; others (overlap, ``'SAME'`` padding) sum over the
+  ``window**2`` strided slices of the padded input, one per window offset,
+  and padded elements get weight 0 (10x faster on XLA:CPU than extracting
+  patches, which copies the input ``window**2`` times). The weighted sums
+  are products and sums, not ``einsum``: XLA:CPU runs them (and their
+  gradients) about 2x faster.
   """
   b, h, w, f = x.shape
   a2 = jnp.square(alpha)
   if window is None:
     qf = q.reshape(b, h * w)
     wt = jnp.exp(-a2 * jnp.square(qf.max(-1, keepdims=True) - qf)) + eps
-    return jnp.einsum("bn,bnf->bf", wt, x.reshape(b, h * w, f)) / wt.sum(
+    return (wt[..., None] * x.reshape(b, h * w, f)).sum(1) / wt.sum(
         -1, keepdims=True)
   s = strides or window
   if s == window and padding == "VALID" and h % s == 0 and w % s == 0:
     qk = q.reshape(b, h // s, s, w // s, s)
     wt = jnp.exp(-a2 * jnp.square(qk.max((2, 4), keepdims=True) - qk)) + eps
-    num = jnp.einsum("bisjt,bisjtf->bijf", wt, x.reshape(b, h // s, s,
-                                                         w // s, s, f))
+    num = (wt[..., None] * x.reshape(b, h // s, s, w // s, s, f)).sum((2, 4))
     return num / wt.sum((2, 4))[..., None]
-  k2 = window * window
+  pads = jax.lax.padtype_to_pads((h, w), (window, window), (s, s), padding)
+  ho = (h + sum(pads[0]) - window) // s + 1
+  wo = (w + sum(pads[1]) - window) // s + 1
 
-  def patches(a):                    # [B, H, W, c] -> [B, h', w', c, k*k]
-    p = jax.lax.conv_general_dilated_patches(
-        a, (window, window), (s, s), padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return p.reshape(*p.shape[:3], a.shape[-1], k2)
+  def at(a, di, dj):   # the window elements at offset (di, dj): [B, ho, wo]
+    a = jnp.pad(a, ((0, 0), *pads) + ((0, 0),) * (a.ndim - 3))
+    return a[:, di:di + (ho - 1) * s + 1:s, dj:dj + (wo - 1) * s + 1:s]
 
-  valid = patches(jnp.ones((b, h, w, 1), x.dtype))[..., 0, :] > 0.5
-  qp = patches(q[..., None])[..., 0, :]
-  qmax = jnp.max(jnp.where(valid, qp, -jnp.inf), -1, keepdims=True)
-  wt = jnp.where(valid, jnp.exp(-a2 * jnp.square(qmax - qp)) + eps, 0.0)
-  return jnp.einsum("bijk,bijfk->bijf", wt, patches(x)) / wt.sum(
-      -1)[..., None]
+  offsets = [(di, dj) for di in range(window) for dj in range(window)]
+  real = [at(jnp.ones((1, h, w), bool), *o) for o in offsets]
+  qs = [at(q, *o) for o in offsets]
+  qmax = functools.reduce(jnp.maximum, [jnp.where(r, qo, -jnp.inf)
+                                        for r, qo in zip(real, qs)])
+  num = den = 0.0
+  for o, r, qo in zip(offsets, real, qs):
+    # Padded elements: weight 0, and a finite branch (no NaN gradient).
+    wt = jnp.where(r, jnp.exp(-a2 * jnp.square(
+        qmax - jnp.where(r, qo, qmax))) + eps, 0.0)
+    num = num + wt[..., None] * at(x, *o)
+    den = den + wt
+  return num / den[..., None]
 
 
 class LAPPool(nn.Module):
