@@ -11,7 +11,7 @@ hidden widths ``(64,)`` by default; the last bias starts at 0, so every map
 starts near 0.5.
 
 The layers run on the elements flattened to ``[N, F]``: XLA:CPU differentiates
-a ``Dense`` on a 4-D input about 7x slower than on the same rows as a matrix
+a ``Dense`` on a 4-D input 3-7x slower than on the same rows as a matrix
 (``benchmarks/lap.py``).
 """
 
