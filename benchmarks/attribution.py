@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.common import timed  # noqa: E402
+from benchmarks.common import timed, timed_side_by_side  # noqa: E402
 from lapjax import attribution as attr  # noqa: E402
 from lapjax import from_flax  # noqa: E402
 from lapjax.attribution import core  # noqa: E402
@@ -101,13 +101,16 @@ def main():
   for name, (method, c, kw) in (methods.items() if "batching" in sections
                                 else ()):
     f = jax.jit(functools.partial(method, c, **kw))
-    batched = timed(f, x, t1, reps=max(1, args.reps // 2)) / args.batch
     xs, ts = x[:args.single], t1[:args.single]
 
     def singles(xs, ts, f=f):
       return [f(xs[i:i + 1], ts[i:i + 1]) for i in range(len(xs))]
 
-    single = timed(singles, xs, ts, reps=max(1, args.reps // 2)) / len(xs)
+    times = timed_side_by_side({"batched": (f, (x, t1)),
+                                "single": (singles, (xs, ts))},
+                               reps=max(1, args.reps // 2))
+    batched = times["batched"] / args.batch
+    single = times["single"] / len(xs)
     print(json.dumps({"benchmark": "batching", "method": name,
                       "batch": args.batch, "options": {
                           k: v for k, v in kw.items() if k != "key"},

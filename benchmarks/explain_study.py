@@ -18,7 +18,7 @@ same kind of boxes as in training: top- and all-saliency precision (top 50
 %) and annotation coverage (tau 0.01). The loss keeps the top ``--top_k``
 of the heatmap (0.5, the paper's, by default). Results go to
 ``docs/explain_study/results.*.jsonl`` (``top_k_<value>/`` for other
-``--top_k``); ``--report`` writes ``results.md`` and the box plots
+``--top_k``, ``steps_<value>/`` for other ``--steps``); ``--report`` writes ``results.md`` and the box plots
 ``alpha.png`` and ``losses.png`` there.
 """
 
@@ -202,7 +202,9 @@ def main():
   parser.add_argument("--shard", type=int, default=0)
   parser.add_argument("--num_shards", type=int, default=1)
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--steps", type=int, default=400,
+                      help="training steps; results of other than 400 go to "
+                      "a steps_<value>/ subfolder")
   parser.add_argument("--top_k", type=float, default=0.5,
                       help="fraction of heatmap cells the loss keeps; "
                       "results go to docs/explain_study[/top_k_<value>]")
@@ -213,6 +215,8 @@ def main():
   args = parser.parse_args()
   out = OUT if args.top_k == 0.5 else os.path.join(OUT,
                                                     f"top_k_{args.top_k}")
+  if args.steps != 400:
+    out = os.path.join(out, f"steps_{args.steps}")
   if args.report:
     report(out)
   elif args.readings:

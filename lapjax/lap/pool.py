@@ -77,13 +77,16 @@ def importance_pool(x: jax.Array, q: jax.Array, alpha: jax.Array, *,
   ho = (h + sum(pads[0]) - window) // s + 1
   wo = (w + sum(pads[1]) - window) // s + 1
 
+  def padded(a):
+    return jnp.pad(a, ((0, 0), *pads) + ((0, 0),) * (a.ndim - 3))
+
   def at(a, di, dj):   # the window elements at offset (di, dj): [B, ho, wo]
-    a = jnp.pad(a, ((0, 0), *pads) + ((0, 0),) * (a.ndim - 3))
     return a[:, di:di + (ho - 1) * s + 1:s, dj:dj + (wo - 1) * s + 1:s]
 
+  xp, qp, realp = padded(x), padded(q), padded(jnp.ones((1, h, w), bool))
   offsets = [(di, dj) for di in range(window) for dj in range(window)]
-  real = [at(jnp.ones((1, h, w), bool), *o) for o in offsets]
-  qs = [at(q, *o) for o in offsets]
+  real = [at(realp, *o) for o in offsets]
+  qs = [at(qp, *o) for o in offsets]
   qmax = functools.reduce(jnp.maximum, [jnp.where(r, qo, -jnp.inf)
                                         for r, qo in zip(real, qs)])
   num = den = 0.0
@@ -91,7 +94,7 @@ def importance_pool(x: jax.Array, q: jax.Array, alpha: jax.Array, *,
     # Padded elements: weight 0, and a finite branch (no NaN gradient).
     wt = jnp.where(r, jnp.exp(-a2 * jnp.square(
         qmax - jnp.where(r, qo, qmax))) + eps, 0.0)
-    num = num + wt[..., None] * at(x, *o)
+    num = num + wt[..., None] * at(xp, *o)
     den = den + wt
   return num / den[..., None]
 
