@@ -7,7 +7,9 @@ Variants (``configs/lap.py``): ``vanilla``; ``lap_wsl`` (LAP-Pools at every
 pooling place, weak supervision, the paper's RSNA setting); ``lap_bbl``
 (expert boxes, Eq. 8); ``lap_detached`` (detached LAPs on every block of
 the frozen vanilla model of the same seed; ``lap_detached_deep``: on
-``block2 block3`` only); the ablations ``naive_v1``
+``block2 block3`` only; ``lap_detached4``: on ``block1 .. block4`` of
+``vanilla4``, the same model with a 4th block, so that the deepest LAP
+is coarse, 4x4, as the paper's LAP4 is); the ablations ``naive_v1``
 and ``naive_v2`` (Table 3; ``hybrid`` with ``--variants``). Setting,
 small enough for a 2-core CPU: 32x32 binary clue images (clue boxes 4-20 %
 of the image), SmallCNN widths (16, 32, 64) (LAP grids 32, 16, 8),
@@ -52,16 +54,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "docs", "lap_study")
 VARIANTS = ("vanilla", "lap_wsl", "lap_bbl", "lap_detached", "naive_v1",
             "naive_v2")
+# The paper's geometry for detached LAPs (Table 14): a deepest LAP coarse
+# next to the clues (block4 at 4x4, 8-px cells); Grad-CAM stays at block3.
+FOUR_BLOCKS = ("vanilla4", "lap_detached4")
 
 
 def study_config(variant: str, seed: int, steps: int, runs: str):
-  deep = variant == "lap_detached_deep"      # detached on block2, block3 only
-  c = lap_configs.get_config("lap_detached" if deep else variant)
+  four = variant in FOUR_BLOCKS            # a 4th block, at 4x4
+  base = variant[:-1] if four else variant
+  deep = base == "lap_detached_deep"       # detached on block2, block3 only
+  c = lap_configs.get_config("lap_detached" if deep else base)
   c.seed = seed
   c.data.image_size = (32, 32)
   c.data.min_clue_fraction = 0.04
   c.data.max_clue_fraction = 0.2
-  c.model.kwargs.widths = (16, 32, 64)
+  c.model.kwargs.widths = (16, 32, 64, 128) if four else (16, 32, 64)
   c.num_steps = steps
   c.checkpoint_every = steps
   c.log_every = 100
@@ -76,9 +83,9 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
         "global_pool",)
   elif c.lap.mode == "detached":
     c.lap.places = ("block2", "block3") if deep or multi else (
-        "block1", "block2", "block3")
-    c.init_from = os.path.join(runs, "vanilla,multi" if multi else "vanilla"
-                               ) + f"_s{seed}"
+        "block1", "block2", "block3") + (("block4",) if four else ())
+    c.init_from = os.path.join(runs, "vanilla,multi" if multi else
+                               "vanilla4" if four else "vanilla") + f"_s{seed}"
     c.evaluation.layer = "backbone/block3"
   return c
 
