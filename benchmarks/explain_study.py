@@ -18,8 +18,9 @@ same kind of boxes as in training: top- and all-saliency precision (top 50
 %) and annotation coverage (tau 0.01). The loss keeps the top ``--top_k``
 of the heatmap (0.5, the paper's, by default). Results go to
 ``docs/explain_study/results.*.jsonl`` (``top_k_<value>/`` for other
-``--top_k``, ``steps_<value>/`` for other ``--steps``); ``--report`` writes ``results.md`` and the box plots
-``alpha.png`` and ``losses.png`` there.
+``--top_k``, ``steps_<value>/`` for other ``--steps``); ``--report``
+writes ``results.md`` and the box plots ``alpha.png`` and ``losses.png``
+there.
 """
 
 import argparse
