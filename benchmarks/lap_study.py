@@ -44,6 +44,7 @@ from configs import lap as lap_configs  # noqa: E402
 from lapjax.data import sources  # noqa: E402
 from lapjax.evaluation.lap_report import lap_evaluation  # noqa: E402
 from lapjax.train.loop import (  # noqa: E402
+  build_model,
   dc_membership,
   lap_map_layers,
   predict,
@@ -103,7 +104,6 @@ def run(variant: str, seed: int, steps: int, runs: str) -> dict:
   state = train_and_evaluate(config, workdir, progress=False)
   train_s = time.perf_counter() - t0
   model_info = sources.data_info(config.data)
-  from lapjax.train.loop import build_model
   model = build_model(config, model_info)
   test, _ = sources.make_source(config.data, "test")
   val, _ = sources.make_source(config.data, "validation")
@@ -117,6 +117,28 @@ def run(variant: str, seed: int, steps: int, runs: str) -> dict:
           "train_s": train_s,
           "test_accuracy": float(np.mean(logits.argmax(-1) == labels)),
           **report}
+
+
+def rescore_grad_cam(variant: str, seed: int, steps: int, runs: str,
+                     layer: str) -> dict:
+  """Grad-CAM of a finished run at another ``layer``, same protocol."""
+  config = study_config(variant, seed, steps, runs)
+  name = variant if steps == DEFAULT_STEPS else f"{variant}@{steps}"
+  state = train_and_evaluate(config, os.path.join(runs, f"{name}_s{seed}"),
+                             progress=False)        # restores, trains nothing
+  config.evaluation.layer = layer
+  config.evaluation.methods = ("grad_cam",)
+  info = sources.data_info(config.data)
+  test, _ = sources.make_source(config.data, "test")
+  val, _ = sources.make_source(config.data, "validation")
+  r = lap_evaluation(config, build_model(config, info),
+                     {"params": state.params,
+                      "batch_stats": state.batch_stats}, test, val,
+                     lap_layers=(), membership=dc_membership(info),
+                     key=jax.random.key(seed))
+  return {"variant": name, "seed": seed, "grad_cam_layer": layer,
+          "iou": {b: v["mean"] for b, v in r["iou"]["grad_cam"].items()},
+          "srg": r["srg"]["grad_cam"]["mean"]}
 
 
 def report() -> None:
@@ -188,9 +210,18 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "lap_study"))
   p.add_argument("--report", action="store_true")
+  p.add_argument("--grad_cam_layer", help="re-score finished runs' "
+                 "Grad-CAM at this layer (prints rows, writes nothing)")
   args = p.parse_args()
   if args.report:
     report()
+    return
+  if args.grad_cam_layer:
+    for seed in args.seeds:
+      for variant in args.variants:
+        print(json.dumps(rescore_grad_cam(variant, seed, args.steps,
+                                          args.runs, args.grad_cam_layer)),
+              flush=True)
     return
   os.makedirs(OUT, exist_ok=True)
   for seed in args.seeds:
