@@ -94,48 +94,49 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
 DEFAULT_STEPS = 600
 
 
-def run(variant: str, seed: int, steps: int, runs: str) -> dict:
-  """Trains and scores one run; rows of a non-default ``steps`` are
-  reported as ``variant@steps``."""
+def _trained(variant: str, seed: int, steps: int, runs: str):
+  """``(config, name, state, seconds)``: trains the run, or restores it
+  when its folder holds the finished run (0 steps trained); rows of a
+  non-default ``steps`` are named ``variant@steps``."""
   config = study_config(variant, seed, steps, runs)
   name = variant if steps == DEFAULT_STEPS else f"{variant}@{steps}"
-  workdir = os.path.join(runs, f"{name}_s{seed}")
   t0 = time.perf_counter()
-  state = train_and_evaluate(config, workdir, progress=False)
-  train_s = time.perf_counter() - t0
-  model_info = sources.data_info(config.data)
-  model = build_model(config, model_info)
+  state = train_and_evaluate(config, os.path.join(runs, f"{name}_s{seed}"),
+                             progress=False)
+  return config, name, state, time.perf_counter() - t0
+
+
+def _scored(config, state, seed: int, *, lap_layers) -> tuple[dict, float]:
+  """``(lap_evaluation report, test accuracy)`` of a trained run."""
+  info = sources.data_info(config.data)
+  model = build_model(config, info)
   test, _ = sources.make_source(config.data, "test")
   val, _ = sources.make_source(config.data, "validation")
   logits, labels = predict(state, model, test, batch_size=250)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  report = lap_evaluation(config, model, variables, test, val,
-                          lap_layers=lap_map_layers(config),
-                          membership=dc_membership(model_info),
+  report = lap_evaluation(config, model, {"params": state.params,
+                                          "batch_stats": state.batch_stats},
+                          test, val, lap_layers=lap_layers,
+                          membership=dc_membership(info),
                           key=jax.random.key(seed))
+  return report, float(np.mean(logits.argmax(-1) == labels))
+
+
+def run(variant: str, seed: int, steps: int, runs: str) -> dict:
+  """Trains and scores one run."""
+  config, name, state, train_s = _trained(variant, seed, steps, runs)
+  report, accuracy = _scored(config, state, seed,
+                             lap_layers=lap_map_layers(config))
   return {"variant": name, "seed": seed, "steps": steps,
-          "train_s": train_s,
-          "test_accuracy": float(np.mean(logits.argmax(-1) == labels)),
-          **report}
+          "train_s": train_s, "test_accuracy": accuracy, **report}
 
 
 def rescore_grad_cam(variant: str, seed: int, steps: int, runs: str,
                      layer: str) -> dict:
   """Grad-CAM of a finished run at another ``layer``, same protocol."""
-  config = study_config(variant, seed, steps, runs)
-  name = variant if steps == DEFAULT_STEPS else f"{variant}@{steps}"
-  state = train_and_evaluate(config, os.path.join(runs, f"{name}_s{seed}"),
-                             progress=False)        # restores, trains nothing
+  config, name, state, _ = _trained(variant, seed, steps, runs)
   config.evaluation.layer = layer
   config.evaluation.methods = ("grad_cam",)
-  info = sources.data_info(config.data)
-  test, _ = sources.make_source(config.data, "test")
-  val, _ = sources.make_source(config.data, "validation")
-  r = lap_evaluation(config, build_model(config, info),
-                     {"params": state.params,
-                      "batch_stats": state.batch_stats}, test, val,
-                     lap_layers=(), membership=dc_membership(info),
-                     key=jax.random.key(seed))
+  r, _ = _scored(config, state, seed, lap_layers=())
   return {"variant": name, "seed": seed, "grad_cam_layer": layer,
           "iou": {b: v["mean"] for b, v in r["iou"]["grad_cam"].items()},
           "srg": r["srg"]["grad_cam"]["mean"]}

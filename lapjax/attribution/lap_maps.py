@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from lapjax.attribution import core
 from lapjax.classifier import Classifier
-from lapjax.lap.aggregate import aggregate_depth, check_nesting
+from lapjax.lap.aggregate import aggregate_depth
 from lapjax.lap.dcs import DCSystem
 
 
@@ -70,8 +70,7 @@ def lap_maps(classifier: Classifier, x: jax.Array, targets, *,
     if m.ndim != 4 or m.shape[-1] != dcs.num_dcs:
       raise ValueError(f"layer {layer!r} gives shape {m.shape}, not LAP maps "
                        f"[B, h, w, M = {dcs.num_dcs}]")
-  if lap is None:
-    check_nesting([tuple(m.shape[1:3]) for m in maps])
+  if lap is None:                       # aggregate_depth checks nesting
     chosen = aggregate_depth(maps, decay=decay)
   elif not -len(maps) <= lap < len(maps):
     raise ValueError(f"lap must index one of the {len(maps)} layers; got "

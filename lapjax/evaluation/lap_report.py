@@ -27,7 +27,7 @@ import numpy as np
 
 from lapjax import attribution as attr
 from lapjax import metrics
-from lapjax.attribution import postprocess
+from lapjax.attribution import core, postprocess
 from lapjax.attribution.lap_maps import dc_maps
 from lapjax.classifier import Classifier, from_flax
 from lapjax.evaluation import explanations
@@ -43,11 +43,9 @@ BASELINE_METHODS = ("gradient", "input_x_gradient", "integrated_gradients",
 def _correct_clue_images(clf: Classifier, batch: dict, dcs: DCSystem
                          ) -> tuple[np.ndarray, np.ndarray]:
   """Indices of clue images classified correctly, and all predictions."""
-  logits = np.concatenate([
-      np.asarray(jax.jit(lambda x: clf.apply(x)[0])(
-          jnp.asarray(batch["image"][i:i + 128])))
-      for i in range(0, len(batch["image"]), 128)])
-  pred = logits.argmax(-1)
+  pred = np.asarray(jax.jit(lambda x: core.chunked_map(
+      lambda xs: clf.apply(xs)[0].argmax(-1), x, 128))(
+          jnp.asarray(batch["image"])))
   clue = batch["label"] != (-1 if dcs.bgo is None else dcs.bgo)
   keep = np.flatnonzero(clue & (pred == batch["label"])
                         & batch["mask"].any(axis=(1, 2)))

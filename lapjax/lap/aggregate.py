@@ -17,6 +17,24 @@ import jax
 import jax.numpy as jnp
 
 
+def resize_grid(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """``[B, h, w, M] -> [B, *size, M]``.
+
+  Nested grids (the usual case: LAPs at pooling places) are exact and
+  cheap: each cell repeated when upsampling, block means when
+  downsampling. Other sizes: bilinear (area-weighted down).
+  """
+  b, h, w, m = maps.shape
+  hh, ww = size
+  if (h, w) == (hh, ww):
+    return maps
+  if hh % h == 0 and ww % w == 0:
+    return jnp.repeat(jnp.repeat(maps, hh // h, axis=1), ww // w, axis=2)
+  if h % hh == 0 and w % ww == 0:
+    return maps.reshape(b, hh, h // hh, ww, w // ww, m).mean((2, 4))
+  return jax.image.resize(maps, (b, hh, ww, m), "bilinear")
+
+
 def check_nesting(shapes: Sequence[tuple[int, int]]) -> None:
   """Each grid must be an integer refinement of the next (deeper) one."""
   for (h, w), (hd, wd) in zip(shapes[:-1], shapes[1:]):
@@ -46,12 +64,8 @@ def aggregate_depth(maps: Sequence[jax.Array], *, decay: float = 0.8
     fh, fw = h // r.shape[1], w // r.shape[2]
     blocks = p.reshape(b, r.shape[1], fh, r.shape[2], fw, m)
     active = (r >= 0.5) & (blocks.max((2, 4)) >= 0.5)       # [B, hd, wd, M]
-    r_up, active = _upsample(r, fh, fw), _upsample(active, fh, fw)
+    r_up, active = resize_grid(r, (h, w)), resize_grid(active, (h, w))
     decayed = p * decay ** (depth - 1 - level)
     sharpened = jnp.where(p >= 0.5, jnp.maximum(r_up, decayed), decayed)
     r = jnp.where(active, sharpened, r_up)
   return r
-
-
-def _upsample(a: jax.Array, fh: int, fw: int) -> jax.Array:
-  return jnp.repeat(jnp.repeat(a, fh, axis=1), fw, axis=2)

@@ -19,7 +19,7 @@ maps that are exactly 0 or 1 give finite losses and gradients.
 * ``expert_loss`` (Eq. 8): MinAR over the annotated elements, MaxAR over
   the others, IAR as above with a fixed ``g_iar``.
 * ``concordance_loss`` (Eq. 9): the Jensen-Shannon term between consecutive
-  LAPs, the deeper map resized to the shallower one's grid (``resize_maps``:
+  LAPs, the deeper map resized to the shallower one's grid (``resize_grid``:
   cells repeated for nested grids, bilinear otherwise).
 * ``reference_maps`` (App. C.4-C.5): the sum over LAPs of the (main +
   discriminative) maps, resized to each LAP's grid, under stop-gradient.
@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lapjax.lap.aggregate import resize_grid
 from lapjax.lap.dcs import DCSystem, check_labels
 
 EPS = 1e-7
@@ -235,24 +236,6 @@ def expert_loss(maps: jax.Array, labels: jax.Array, dcs: DCSystem,
   return sum(parts.values()), parts
 
 
-def resize_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """``[B, h, w, M] -> [B, *size, M]``.
-
-  Nested grids (the usual case: LAPs at pooling places) are exact and
-  cheap: each cell repeated when upsampling, block means when
-  downsampling. Other sizes: bilinear (area-weighted down).
-  """
-  b, h, w, m = maps.shape
-  hh, ww = size
-  if (h, w) == (hh, ww):
-    return maps
-  if hh % h == 0 and ww % w == 0:
-    return jnp.repeat(jnp.repeat(maps, hh // h, axis=1), ww // w, axis=2)
-  if h % hh == 0 and w % ww == 0:
-    return maps.reshape(b, hh, h // hh, ww, w // ww, m).mean((2, 4))
-  return jax.image.resize(maps, (b, hh, ww, m), "bilinear")
-
-
 def reference_maps(maps: Sequence[jax.Array],
                    disc_maps: Sequence[jax.Array] | None = None, *,
                    across_laps: bool = True) -> list[jax.Array]:
@@ -263,17 +246,17 @@ def reference_maps(maps: Sequence[jax.Array],
             for m, d in zip(maps, disc_maps or maps)]
   if not across_laps:
     return summed
-  return [sum(resize_maps(s, m.shape[1:3]) for s in summed) for m in maps]
+  return [sum(resize_grid(s, m.shape[1:3]) for s in summed) for m in maps]
 
 
 def concordance_loss(maps: Sequence[jax.Array]) -> jax.Array:
   """Eq. 9 summed over consecutive pairs (shallow to deep) and DCs, averaged
   over the batch: ``1/(2 n_e) sum_i [(p - q) ln(p/q) + (q - p)
   ln((1-p)/(1-q))]``, ``q`` the deeper map resized to the shallower grid
-  (``resize_maps``)."""
+  (``resize_grid``)."""
   total = jnp.zeros(())
   for shallow, deep in zip(maps[:-1], maps[1:]):
-    p, q = shallow, resize_maps(deep, shallow.shape[1:3])
+    p, q = shallow, resize_grid(deep, shallow.shape[1:3])
     js = ((p - q) * (safe_log(p) - safe_log(q))
           + (q - p) * (safe_log(1 - p) - safe_log(1 - q)))
     total = total + 0.5 * js.mean((1, 2)).sum(-1).mean()
