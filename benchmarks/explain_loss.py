@@ -4,9 +4,11 @@ plain cross-entropy step, measured side by side in one run.
   python benchmarks/explain_loss.py [--reps 20] [--batch 64]
 
 The default SmallCNN on the binary clue benchmark at 64x64, Grad-CAM at
-``block4``, each score formulation in turn; jitted steps, compile excluded,
-median over ``--reps`` steps. Prints JSON lines with ms per step and the
-ratio to the plain step.
+``block4``, each score formulation with the in-loss Grad-CAM on the
+training forward pass (``statistics='batch'``, the default: one forward
+pass) and on a second, inference-mode pass (``'running'``); jitted steps,
+compile excluded, timed in interleaved rounds, median over ``--reps``
+rounds. Prints JSON lines with ms per step and the ratio to the plain step.
 """
 
 import argparse
@@ -19,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 import jax  # noqa: E402
 
-from benchmarks.common import timed  # noqa: E402
+from benchmarks.common import timed_side_by_side  # noqa: E402
 from configs import default  # noqa: E402
 from lapjax import explain_loss  # noqa: E402
 from lapjax.data import batching, sources  # noqa: E402
@@ -44,20 +46,23 @@ def main():
   b = batching.train_batch(source, args.batch, 0, 0)
   batch = {k: b[k] for k in ("image", "label", "boxes", "boxes_valid")}
 
-  def step_time(explain):
-    step = jax.jit(lambda s, x: train_step(s, x, model=model, tx=tx,
-                                           explain=explain))
-    return timed(step, state, batch, reps=args.reps)
+  def step(explain):
+    return jax.jit(lambda s, x: train_step(s, x, model=model, tx=tx,
+                                           explain=explain)), (state, batch)
 
+  calls = {("cross_entropy", None): step(None)}
+  for kind in explain_loss.SCORES:
+    for stats in explain_loss.STATISTICS:
+      calls[kind, stats] = step(ExplainLoss(kind, 0.5, "block4", 0.5,
+                                            "mask_values", 0.05, stats))
   print(json.dumps({"devices": [str(d) for d in jax.devices()],
                     "batch": args.batch}))
-  plain = step_time(None)
-  print(json.dumps({"loss": "cross_entropy", "ms": round(plain * 1e3, 1)}),
-        flush=True)
-  for kind in explain_loss.SCORES:
-    t = step_time(ExplainLoss(kind, 0.5, "block4", 0.5, "mask_values", 0.05))
-    print(json.dumps({"loss": kind, "ms": round(t * 1e3, 1),
-                      "ratio": round(t / plain, 2)}), flush=True)
+  times = timed_side_by_side(calls, reps=args.reps)
+  plain = times["cross_entropy", None]
+  for (kind, stats), t in times.items():
+    print(json.dumps({"loss": kind, "statistics": stats,
+                      "ms": round(t * 1e3, 1), "ratio": round(t / plain, 2)}),
+          flush=True)
 
 
 if __name__ == "__main__":

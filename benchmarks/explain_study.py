@@ -76,7 +76,7 @@ def settings():
 
 
 def run_one(coarse, kind, alpha, seed, steps, num_test=512,
-            reading="mask_values", top_k=0.5):
+            reading="mask_values", top_k=0.5, statistics="batch"):
   config = study_config(coarse, seed, steps)
   source, info = sources.make_source(config.data, "train")
   model = create_model(config.model.name, num_classes=2,
@@ -85,7 +85,8 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   state = create_train_state(model, tx, jax.random.key(seed),
                              info["image_shape"])
   explain = (None if kind == "cross_entropy" else
-             ExplainLoss(kind, alpha, LAYER, top_k, reading, 0.05))
+             ExplainLoss(kind, alpha, LAYER, top_k, reading, 0.05,
+                         statistics))
   step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx,
                                          explain=explain))
   keys = ("image", "label", "boxes", "boxes_valid")
@@ -107,7 +108,7 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   return {
       "boxes": "coarse" if coarse else "exact", "loss": kind,
       "alpha": alpha, "seed": seed, "steps": steps, "reading": reading,
-      "top_k": top_k,
+      "top_k": top_k, "statistics": statistics,
       "accuracy": float(np.mean(logits.argmax(-1) == t["label"])),
       "top_precision": float(np.nanmean(
           saliency.top_saliency_precision(h_hat, mask))),
@@ -119,7 +120,7 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   }
 
 
-def run_shard(shard, num_shards, seeds, steps, top_k, out):
+def run_shard(shard, num_shards, seeds, steps, top_k, statistics, out):
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, f"results.{shard}.jsonl")
   done = set()
@@ -132,22 +133,23 @@ def run_shard(shard, num_shards, seeds, steps, top_k, out):
     if i % num_shards != shard or job in done:
       continue
     t0 = time.perf_counter()
-    r = run_one(*job, steps, top_k=top_k)
+    r = run_one(*job, steps, top_k=top_k, statistics=statistics)
     r["seconds"] = round(time.perf_counter() - t0, 1)
     with open(path, "a") as f:
       f.write(json.dumps(r) + "\n")
     print(json.dumps(r), flush=True)
 
 
-def compare_readings(shard, num_shards, seeds, steps):
+def compare_readings(shard, num_shards, seeds, steps, statistics, out):
   """The three differentiable top-k readings on one setting, into
   ``readings.jsonl``."""
-  os.makedirs(OUT, exist_ok=True)
+  os.makedirs(out, exist_ok=True)
   jobs = [(r, s) for s in range(seeds) for r in explain_loss.READINGS]
   for i, (reading, seed) in enumerate(jobs):
     if i % num_shards == shard:
-      r = run_one(True, "logit_sqr", 0.5, seed, steps, reading=reading)
-      with open(os.path.join(OUT, "readings.jsonl"), "a") as f:
+      r = run_one(True, "logit_sqr", 0.5, seed, steps, reading=reading,
+                  statistics=statistics)
+      with open(os.path.join(out, "readings.jsonl"), "a") as f:
         f.write(json.dumps(r) + "\n")
       print(json.dumps(r), flush=True)
 
@@ -209,22 +211,28 @@ def main():
   parser.add_argument("--top_k", type=float, default=0.5,
                       help="fraction of heatmap cells the loss keeps; "
                       "results go to docs/explain_study[/top_k_<value>]")
+  parser.add_argument("--statistics", default="batch",
+                      choices=explain_loss.STATISTICS,
+                      help="BatchNorm in the in-loss Grad-CAM; 'running' "
+                      "results go to a running/ subfolder")
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--readings", action="store_true",
                       help="compare the top-k readings (logit_sqr, alpha "
                       "0.5, coarse boxes) instead")
   args = parser.parse_args()
-  out = OUT if args.top_k == 0.5 else os.path.join(OUT,
-                                                    f"top_k_{args.top_k}")
+  out = OUT if args.statistics == "batch" else os.path.join(OUT, "running")
+  if args.top_k != 0.5:
+    out = os.path.join(out, f"top_k_{args.top_k}")
   if args.steps != 400:
     out = os.path.join(out, f"steps_{args.steps}")
   if args.report:
     report(out)
   elif args.readings:
-    compare_readings(args.shard, args.num_shards, args.seeds, args.steps)
+    compare_readings(args.shard, args.num_shards, args.seeds, args.steps,
+                     args.statistics, out)
   else:
     run_shard(args.shard, args.num_shards, args.seeds, args.steps,
-              args.top_k, out)
+              args.top_k, args.statistics, out)
 
 
 if __name__ == "__main__":

@@ -76,11 +76,13 @@ def _kernel_in_features(module: nn.Module) -> int | None:
 
 def _trace(module: nn.Module, variables: Mapping[str, Any], x: jax.Array,
            apply_kwargs: Mapping[str, Any], wanted: frozenset[str],
-           deltas: Mapping[str, jax.Array]):
+           deltas: Mapping[str, jax.Array], mutable: Any = False):
   """Runs the module once, recording (and perturbing) the wanted taps.
 
-  Returns ``(logits, features, available)`` where ``available`` lists, in
-  call order, every submodule path whose ``__call__`` returned an array.
+  Returns ``(output, features, available)``: ``module.apply``'s output
+  (logits; ``(logits, updates)`` when ``mutable``), and ``available``
+  lists, in call order, every submodule path whose ``__call__`` returned an
+  array.
   """
   features: dict[str, jax.Array] = {}
   available: dict[str, tuple[int, ...]] = {}
@@ -118,7 +120,7 @@ def _trace(module: nn.Module, variables: Mapping[str, Any], x: jax.Array,
 
   with nn.intercept_methods(interceptor):
     try:
-      logits = module.apply(variables, x, mutable=False, **apply_kwargs)
+      output = module.apply(variables, x, mutable=mutable, **apply_kwargs)
     except flax.errors.ModifyScopeVariableError as e:
       raise ValueError(
           "the model tried to update a variable while explaining (BatchNorm "
@@ -126,7 +128,7 @@ def _trace(module: nn.Module, variables: Mapping[str, Any], x: jax.Array,
           "run in inference mode so batch items stay independent: pass the "
           "model's flag through from_flax, e.g. from_flax(..., train=False)"
           f". Flax said: {e}") from None
-  return logits, features, available
+  return output, features, available
 
 
 def _unknown_layer_error(unknown: Sequence[str],
@@ -135,6 +137,31 @@ def _unknown_layer_error(unknown: Sequence[str],
   listing = ", ".join(f"{n} {list(s)}" for n, s in available.items())
   return ValueError(f"unknown layer(s) {sorted(unknown)}; available layers "
                     f"(call order, output shape): {listing}")
+
+
+def apply_tapped(module: nn.Module, variables: Mapping[str, Any],
+                 x: jax.Array, *, layers: Sequence[str],
+                 deltas: Mapping[str, jax.Array] | None = None,
+                 mutable: Any = False, **apply_kwargs: Any
+                 ) -> tuple[Any, dict[str, jax.Array]]:
+  """``module.apply`` with ``deltas`` added to the outputs of ``layers``.
+
+  The primitive under ``from_flax``, for code that needs the module's own
+  mode, e.g. a training step whose loss differentiates a layer of the
+  training forward pass (``train=True, mutable=['batch_stats']``), where
+  BatchNorm uses the batch's statistics and so couples batch items.
+
+  Returns:
+    ``(output, features)``: what ``module.apply(variables, x,
+    mutable=mutable, **apply_kwargs)`` returns, and ``{layer: output}``.
+  """
+  wanted = frozenset(layers)
+  output, features, avail = _trace(module, variables, x, apply_kwargs,
+                                   wanted, dict(deltas or {}), mutable)
+  missing = [n for n in layers if n not in features]
+  if missing:
+    raise _unknown_layer_error(missing, avail)
+  return output, {n: features[n] for n in layers}
 
 
 def available_layers(module: nn.Module, variables: Mapping[str, Any],
@@ -214,11 +241,7 @@ def from_flax(module: nn.Module, variables: Mapping[str, Any], *,
     if extra:
       raise ValueError(f"deltas names layers {extra} that this classifier "
                        f"does not tap; its layers are {list(layers)}")
-    logits, features, avail = _trace(module, variables, x, apply_kwargs,
-                                     wanted, deltas)
-    missing = [n for n in layers if n not in features]
-    if missing:
-      raise _unknown_layer_error(missing, avail)
-    return logits, {n: features[n] for n in layers}
+    return apply_tapped(module, variables, x, layers=layers, deltas=deltas,
+                        **apply_kwargs)
 
   return Classifier(apply=apply, layers=layers)

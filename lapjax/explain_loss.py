@@ -33,6 +33,7 @@ from lapjax.data import boxes as boxes_lib
 SCORES = ("logit_diff", "logit_abs", "logit_sqr", "logit", "prob_diff",
           "prob_abs", "prob_sqr")
 READINGS = ("mask_values", "sigmoid", "straight_through")
+STATISTICS = ("batch", "running")
 EPS = 1e-8
 
 
@@ -70,16 +71,35 @@ def grad_cam_heatmap(classifier: Classifier, x: jax.Array, layer: str,
   closes over (its parameters). Items are independent when the model is."""
   core.check_layer(classifier, layer)
   shapes = jax.eval_shape(classifier.apply, x)[1]
-  zeros = jnp.zeros(shapes[layer].shape, shapes[layer].dtype)
 
-  def score(delta):
+  def forward(delta):
     logits, feats = classifier.apply(x, {layer: delta})
-    s = explanation_score(logits, kind, positive=positive, negative=negative)
-    return s.sum(), (feats[layer], logits)
+    return logits, (feats[layer], None)
 
-  grads, (acts, logits) = jax.grad(score, has_aux=True)(zeros)
-  weights = grads.mean(axis=(1, 2))                            # [B, c]
-  return jax.nn.relu(jnp.einsum("bc,bhwc->bhw", weights, acts)), logits
+  h, logits, _ = heatmap_from_forward(
+      forward, jnp.zeros(shapes[layer].shape, shapes[layer].dtype), kind,
+      positive=positive, negative=negative)
+  return h, logits
+
+
+def heatmap_from_forward(forward, zeros: jax.Array, kind: str, *,
+                         positive=1, negative=0):
+  """Grad-CAM of ``explanation_score`` for any forward pass.
+
+  ``forward(delta) -> (logits [B, K], (acts [B, h, w, c], aux))`` runs the
+  model with ``delta`` (``zeros``: the layer's shape) added to the layer's
+  output ``acts``, e.g. the training step's own forward pass (BatchNorm on
+  the batch's statistics), so the loss needs no second pass.
+
+  Returns:
+    ``(H [B, h, w], logits, aux)``, differentiable w.r.t. everything
+    ``forward`` closes over.
+  """
+  logits, vjp, (acts, aux) = jax.vjp(forward, zeros, has_aux=True)
+  cot = jax.grad(lambda z: explanation_score(
+      z, kind, positive=positive, negative=negative).sum())(logits)
+  weights = vjp(cot)[0].mean(axis=(1, 2))                     # [B, c]
+  return jax.nn.relu(jnp.einsum("bc,bhwc->bhw", weights, acts)), logits, aux
 
 
 def normalize_minmax(h: jax.Array, eps: float = EPS) -> jax.Array:
@@ -160,17 +180,15 @@ def explanation_loss(h: jax.Array, mask: jax.Array, has_box: jax.Array, *,
   return (outside * w).sum() / jnp.maximum(w.sum(), 1.0)
 
 
-def training_loss(classifier: Classifier, batch: dict[str, jax.Array], *,
-                  kind: str, layer: str, fraction: float = 0.5,
-                  reading: str = "mask_values", temperature: float = 0.05
-                  ) -> jax.Array:
+def training_loss(heatmaps: jax.Array, batch: dict[str, jax.Array], *,
+                  fraction: float = 0.5, reading: str = "mask_values",
+                  temperature: float = 0.05) -> jax.Array:
   """``L_exp`` of a training batch (``image``, ``label``, ``boxes``,
-  ``boxes_valid``): positive samples are those with ``label > 0`` and a
-  valid box; the score contrasts each sample's class with class 0."""
-  h, _ = grad_cam_heatmap(classifier, batch["image"], layer, kind,
-                          positive=batch["label"], negative=0)
-  mask = box_mask(batch["boxes"], batch["boxes_valid"], h.shape[1:],
+  ``boxes_valid``) from its Grad-CAM ``heatmaps [B, h, w]`` of each
+  sample's class against class 0 (``heatmap_from_forward``): positive
+  samples are those with ``label > 0`` and a valid box."""
+  mask = box_mask(batch["boxes"], batch["boxes_valid"], heatmaps.shape[1:],
                   batch["image"].shape[1:3])
   has_box = (batch["label"] > 0) & jnp.any(batch["boxes_valid"], -1)
-  return explanation_loss(h, mask, has_box, fraction=fraction,
+  return explanation_loss(heatmaps, mask, has_box, fraction=fraction,
                           reading=reading, temperature=temperature)

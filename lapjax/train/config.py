@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.explain_loss.top_k = 0.5    # fraction of heatmap cells kept, (0, 1]
   c.explain_loss.reading = "mask_values"  # differentiable top-k reading
   c.explain_loss.temperature = 0.05   # 'sigmoid' / 'straight_through' only
+  # BatchNorm in the in-loss Grad-CAM: 'batch' (the training forward pass,
+  # as the paper's create_graph Grad-CAM) or 'running' (inference mode).
+  c.explain_loss.statistics = "batch"
 
   c.evaluation = ml_collections.ConfigDict()   # evaluate.py's explanations
   c.evaluation.layer = "block4"       # CAM / LaFAM layer (the last block)
@@ -201,6 +204,9 @@ def _validate_explain_loss(e: ml_collections.ConfigDict) -> None:
   if e.reading not in explain_loss.READINGS:
     raise ValueError(f"config.explain_loss.reading must be one of "
                      f"{explain_loss.READINGS}; got {e.reading!r}")
+  if e.statistics not in explain_loss.STATISTICS:
+    raise ValueError(f"config.explain_loss.statistics must be one of "
+                     f"{explain_loss.STATISTICS}; got {e.statistics!r}")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

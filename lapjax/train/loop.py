@@ -29,7 +29,7 @@ import optax
 import tqdm
 
 from lapjax import explain_loss, lap
-from lapjax.classifier import from_flax
+from lapjax.classifier import apply_tapped, from_flax
 from lapjax.data import batching, sources
 from lapjax.data import boxes as boxes_lib
 from lapjax.models import create_model
@@ -148,6 +148,7 @@ class ExplainLoss(NamedTuple):
   top_k: float
   reading: str
   temperature: float
+  statistics: str = "batch"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict
@@ -156,7 +157,7 @@ class ExplainLoss(NamedTuple):
     if e.type == "cross_entropy":
       return None
     return cls(e.type, float(e.alpha), e.layer, float(e.top_k), e.reading,
-               float(e.temperature))
+               float(e.temperature), e.statistics)
 
 
 class LAPTraining(NamedTuple):
@@ -182,9 +183,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (global) batch; returns the new state, metrics.
 
-  With ``explain``, the loss adds ``alpha * L_exp`` (``explain_loss``): the
-  Grad-CAM inside it uses BatchNorm's running statistics, so it is exactly
-  the Grad-CAM lapjax computes for the current parameters. With
+  With ``explain``, the loss adds ``alpha * L_exp`` (``explain_loss``):
+  with ``statistics='batch'`` its Grad-CAM differentiates the tapped layer
+  of the training forward pass itself (BatchNorm on the batch's
+  statistics, one forward pass, as the paper's ``create_graph`` Grad-CAM);
+  with ``'running'`` it runs a second, inference-mode pass (exactly the
+  Grad-CAM lapjax computes for the current parameters). With
   ``lap_terms``, it adds the LAP objective of the maps the model records
   (and, for detached LAPs, drops the classification loss, which no
   trainable parameter affects); the terms add up. With ``trainable``
@@ -192,11 +196,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   are kept as they were (the optimiser already freezes the parameters).
   """
   mutable = ["batch_stats"] + (["lap"] if lap_terms is not None else [])
+  tapped = explain is not None and explain.statistics == "batch"
 
   def loss_fn(params):
-    logits, updates = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-        train=True, mutable=mutable, rngs={"dropout": state.step_key()})
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    kwargs = dict(train=True, mutable=mutable,
+                  rngs={"dropout": state.step_key()})
+    if tapped:
+      def forward(delta):
+        (logits, updates), feats = apply_tapped(
+            model, variables, batch["image"], layers=[explain.layer],
+            deltas=None if delta is None else {explain.layer: delta},
+            **kwargs)
+        return logits, (feats[explain.layer], updates)
+
+      zeros = jax.eval_shape(lambda: forward(None)[1][0])
+      heat, logits, updates = explain_loss.heatmap_from_forward(
+          forward, jnp.zeros(zeros.shape, zeros.dtype), explain.kind,
+          positive=batch["label"], negative=0)
+    else:
+      logits, updates = model.apply(variables, batch["image"], **kwargs)
     ce = cross_entropy_loss(logits, batch["label"])
     parts = {"cross_entropy": ce}
     detached = lap_terms is not None and lap_terms.detached
@@ -208,12 +227,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
       parts.update(lap_parts)
       loss = loss + lap_loss
     if explain is not None:
-      clf = from_flax(model, {"params": params,
-                              "batch_stats": state.batch_stats},
-                      layers=[explain.layer])
+      if not tapped:
+        heat, _ = explain_loss.grad_cam_heatmap(
+            from_flax(model, variables, layers=[explain.layer]),
+            batch["image"], explain.layer, explain.kind,
+            positive=batch["label"], negative=0)
       parts["explain"] = explain_loss.training_loss(
-          clf, batch, kind=explain.kind, layer=explain.layer,
-          fraction=explain.top_k, reading=explain.reading,
+          heat, batch, fraction=explain.top_k, reading=explain.reading,
           temperature=explain.temperature)
       loss = loss + explain.alpha * parts["explain"]
     return loss, (logits, updates.get("batch_stats", {}), parts)
