@@ -76,7 +76,8 @@ def settings():
 
 
 def run_one(coarse, kind, alpha, seed, steps, num_test=512,
-            reading="mask_values", top_k=0.5, statistics="batch"):
+            reading="mask_values", top_k=0.5, statistics="batch",
+            probabilities="softmax"):
   config = study_config(coarse, seed, steps)
   source, info = sources.make_source(config.data, "train")
   model = create_model(config.model.name, num_classes=2,
@@ -88,7 +89,8 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
              ExplainLoss(kind, alpha, LAYER, top_k, reading, 0.05,
                          statistics))
   step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx,
-                                         explain=explain))
+                                         explain=explain,
+                                         probabilities=probabilities))
   keys = ("image", "label", "boxes", "boxes_valid")
   for i in range(steps):
     b = batching.train_batch(source, config.batch_size, i, seed)
@@ -109,6 +111,7 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
       "boxes": "coarse" if coarse else "exact", "loss": kind,
       "alpha": alpha, "seed": seed, "steps": steps, "reading": reading,
       "top_k": top_k, "statistics": statistics,
+      "probabilities": probabilities,
       "accuracy": float(np.mean(logits.argmax(-1) == t["label"])),
       "top_precision": float(np.nanmean(
           saliency.top_saliency_precision(h_hat, mask))),
@@ -120,7 +123,8 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   }
 
 
-def run_shard(shard, num_shards, seeds, steps, top_k, statistics, out):
+def run_shard(shard, num_shards, seeds, steps, top_k, statistics,
+              probabilities, out):
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, f"results.{shard}.jsonl")
   done = set()
@@ -133,7 +137,8 @@ def run_shard(shard, num_shards, seeds, steps, top_k, statistics, out):
     if i % num_shards != shard or job in done:
       continue
     t0 = time.perf_counter()
-    r = run_one(*job, steps, top_k=top_k, statistics=statistics)
+    r = run_one(*job, steps, top_k=top_k, statistics=statistics,
+                probabilities=probabilities)
     r["seconds"] = round(time.perf_counter() - t0, 1)
     with open(path, "a") as f:
       f.write(json.dumps(r) + "\n")
@@ -215,12 +220,18 @@ def main():
                       choices=explain_loss.STATISTICS,
                       help="BatchNorm in the in-loss Grad-CAM; 'running' "
                       "results go to a running/ subfolder")
+  parser.add_argument("--probabilities", default="softmax",
+                      choices=explain_loss.PROBABILITIES,
+                      help="model outputs (sigmoid: trained with binary "
+                      "cross-entropy); 'sigmoid' results go to sigmoid/")
   parser.add_argument("--report", action="store_true")
   parser.add_argument("--readings", action="store_true",
                       help="compare the top-k readings (logit_sqr, alpha "
                       "0.5, coarse boxes) instead")
   args = parser.parse_args()
   out = OUT if args.statistics == "batch" else os.path.join(OUT, "running")
+  if args.probabilities != "softmax":
+    out = os.path.join(out, args.probabilities)
   if args.top_k != 0.5:
     out = os.path.join(out, f"top_k_{args.top_k}")
   if args.steps != 400:
@@ -232,7 +243,7 @@ def main():
                      args.statistics, out)
   else:
     run_shard(args.shard, args.num_shards, args.seeds, args.steps,
-              args.top_k, args.statistics, out)
+              args.top_k, args.statistics, args.probabilities, out)
 
 
 if __name__ == "__main__":

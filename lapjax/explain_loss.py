@@ -17,7 +17,10 @@ with at least one box:
 The explanation scores (Sec. 3.2.2) of a two-class output ``(z0, z1)``:
 ``logit_diff`` = z1 - z0, ``logit_abs`` = |z1 - z0|, ``logit_sqr`` =
 (z1 - z0)^2, ``logit`` = z1, and ``prob_diff``, ``prob_abs``, ``prob_sqr`` on
-the softmax probabilities.
+the model's probabilities: softmax, or one sigmoid per class (the paper's
+two BCE-trained outputs). With softmax, ``p1 - p0 = tanh((z1 - z0) / 2)``,
+so each logit score and its probability twin give the same normalised
+heatmap (Grad-CAM scales by the score's derivative, min-max removes it).
 """
 
 from __future__ import annotations
@@ -34,20 +37,29 @@ SCORES = ("logit_diff", "logit_abs", "logit_sqr", "logit", "prob_diff",
           "prob_abs", "prob_sqr")
 READINGS = ("mask_values", "sigmoid", "straight_through")
 STATISTICS = ("batch", "running")
+PROBABILITIES = ("softmax", "sigmoid")
 EPS = 1e-8
 
 
 def explanation_score(logits: jax.Array, kind: str, *, positive=1,
-                      negative=0) -> jax.Array:
+                      negative=0, probabilities: str = "softmax"
+                      ) -> jax.Array:
   """``[B, K] -> [B]``: the scalar whose Grad-CAM the loss supervises.
 
   ``positive`` / ``negative``: class indices, one for all or ``[B]`` (e.g.
-  each sample's label against the background class 0).
+  each sample's label against the background class 0). ``probabilities``:
+  how ``prob_*`` scores read the logits, ``'softmax'`` or ``'sigmoid'``.
   """
   if kind not in SCORES:
     raise ValueError(f"explanation score must be one of {SCORES}; got "
                      f"{kind!r}")
-  v = jax.nn.softmax(logits) if kind.startswith("prob") else logits
+  if probabilities not in PROBABILITIES:
+    raise ValueError(f"probabilities must be one of {PROBABILITIES}; got "
+                     f"{probabilities!r}")
+  v = logits
+  if kind.startswith("prob"):
+    v = (jax.nn.softmax(logits) if probabilities == "softmax"
+         else jax.nn.sigmoid(logits))
 
   def pick(c):
     c = jnp.broadcast_to(jnp.asarray(c, jnp.int32), v.shape[:1])
@@ -64,7 +76,8 @@ def explanation_score(logits: jax.Array, kind: str, *, positive=1,
 
 
 def grad_cam_heatmap(classifier: Classifier, x: jax.Array, layer: str,
-                     kind: str, *, positive=1, negative=0
+                     kind: str, *, positive=1, negative=0,
+                     probabilities: str = "softmax"
                      ) -> tuple[jax.Array, jax.Array]:
   """``(H [B, h, w], logits [B, K])``: Grad-CAM of ``explanation_score`` at
   ``layer``'s resolution, differentiable w.r.t. everything ``classifier``
@@ -78,12 +91,13 @@ def grad_cam_heatmap(classifier: Classifier, x: jax.Array, layer: str,
 
   h, logits, _ = heatmap_from_forward(
       forward, jnp.zeros(shapes[layer].shape, shapes[layer].dtype), kind,
-      positive=positive, negative=negative)
+      positive=positive, negative=negative, probabilities=probabilities)
   return h, logits
 
 
 def heatmap_from_forward(forward, zeros: jax.Array, kind: str, *,
-                         positive=1, negative=0):
+                         positive=1, negative=0,
+                         probabilities: str = "softmax"):
   """Grad-CAM of ``explanation_score`` for any forward pass.
 
   ``forward(delta) -> (logits [B, K], (acts [B, h, w, c], aux))`` runs the
@@ -97,7 +111,8 @@ def heatmap_from_forward(forward, zeros: jax.Array, kind: str, *,
   """
   logits, vjp, (acts, aux) = jax.vjp(forward, zeros, has_aux=True)
   cot = jax.grad(lambda z: explanation_score(
-      z, kind, positive=positive, negative=negative).sum())(logits)
+      z, kind, positive=positive, negative=negative,
+      probabilities=probabilities).sum())(logits)
   weights = vjp(cot)[0].mean(axis=(1, 2))                     # [B, c]
   return jax.nn.relu(jnp.einsum("bc,bhwc->bhw", weights, acts)), logits, aux
 

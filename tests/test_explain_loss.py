@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lapjax import Classifier, from_flax
 from lapjax import attribution as attr
 from lapjax import explain_loss as E
-from lapjax import from_flax
 from tests.attribution.models import small_cnn
 
 
@@ -46,6 +46,37 @@ def test_scores_have_their_formulas():
       "prob_sqr": (p[:, 1] - p[:, 0]) ** 2}
   for kind, value in expect.items():
     np.testing.assert_allclose(E.explanation_score(z, kind), value, rtol=1e-6)
+  s = jax.nn.sigmoid(z)          # one sigmoid per output (BCE-trained)
+  np.testing.assert_allclose(
+      E.explanation_score(z, "prob_sqr", probabilities="sigmoid"),
+      (s[:, 1] - s[:, 0]) ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["diff", "abs", "sqr"])
+def test_logit_and_softmax_probability_scores_give_one_normalised_map(
+    setup, kind):
+  """With two softmax outputs p1 - p0 = tanh((z1 - z0) / 2): Grad-CAM of
+  the probability score is the logit score's scaled per sample, which
+  min-max normalisation removes. Sigmoid outputs weight the two logits'
+  gradients by sigmoid'(z1) and sigmoid'(z0), which differ once the
+  logits are apart (here scaled up by 4)."""
+  model, v, x = setup
+  base = _clf(model, v)
+
+  def apply(x, deltas=None):
+    logits, feats = base.apply(x, deltas)
+    return 4.0 * logits, feats
+
+  clf = Classifier(apply, base.layers)
+
+  def normalised(score, probabilities="softmax"):
+    return E.normalize_minmax(E.grad_cam_heatmap(
+        clf, x, "block2", score, probabilities=probabilities)[0])
+
+  logit = normalised(f"logit_{kind}")
+  np.testing.assert_allclose(normalised(f"prob_{kind}"), logit, atol=1e-4)
+  sigmoid = normalised(f"prob_{kind}", "sigmoid")
+  assert float(jnp.abs(sigmoid - logit).max()) > 0.05     # 500x the tie
 
 
 @pytest.mark.parametrize("reading", E.READINGS)
@@ -111,6 +142,8 @@ def test_bad_input_is_refused(setup):
     E.grad_cam_heatmap(_clf(model, v), x, "block9", "logit")
   with pytest.raises(ValueError, match="explanation score must be one of"):
     E.explanation_score(jnp.zeros((1, 2)), "logits")
+  with pytest.raises(ValueError, match="probabilities must be one of"):
+    E.explanation_score(jnp.zeros((1, 2)), "prob_sqr", probabilities="exp")
   valid = jnp.array([[True]])
   with pytest.raises(ValueError, match="y0 <= y1"):
     E.box_mask(jnp.array([[[5.0, 0.0, 2.0, 4.0]]]), valid, (4, 4), (8, 8))

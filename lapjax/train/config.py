@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-4   # adamw only
   c.optimizer.momentum = 0.9        # sgd only (0 = plain SGD)
 
+  c.probabilities = "softmax"   # 'softmax' (cross-entropy) or 'sigmoid': one
+  #   sigmoid per class, trained with binary cross-entropy on one-hot labels
+  #   (paper 001's two-output BCE head); explain_loss prob_* scores use it
   c.batch_size = 64             # global batch, divisible by the device count
   c.num_steps = 1_000           # optimiser steps
   c.log_every = 50              # steps between metrics.jsonl lines
@@ -144,6 +147,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       hints.append(f"{p}" + (f" (did you mean {close[0]}?)" if close else ""))
     raise ValueError(f"unknown config field(s): {', '.join(hints)}; the "
                      "fields are documented in lapjax/train/config.py")
+  if config.probabilities not in ("softmax", "sigmoid"):
+    raise ValueError(f"config.probabilities must be 'softmax' or 'sigmoid'; "
+                     f"got {config.probabilities!r}")
   for name in ("batch_size", "num_steps", "log_every", "checkpoint_every",
                "eval_batch_size"):
     if int(config[name]) < 1:

@@ -135,8 +135,15 @@ def make_optimizer(config: ml_collections.ConfigDict
   return tx, schedule
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy over the batch, ``[B, K], [B] -> []``."""
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
+                       probabilities: str = "softmax") -> jax.Array:
+  """``[B, K], [B] -> []``: mean softmax cross-entropy, or with
+  ``probabilities='sigmoid'`` binary cross-entropy of one sigmoid per class
+  against the one-hot labels, averaged over classes and batch (PyTorch's
+  ``BCEWithLogitsLoss``)."""
+  if probabilities == "sigmoid":
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return optax.sigmoid_binary_cross_entropy(logits, onehot).mean()
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -179,9 +186,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                model: nn.Module, tx: optax.GradientTransformation,
                explain: ExplainLoss | None = None,
                lap_terms: LAPTraining | None = None,
-               trainable: tuple[str, ...] = ()
+               trainable: tuple[str, ...] = (),
+               probabilities: str = "softmax"
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (global) batch; returns the new state, metrics.
+
+  ``probabilities`` (``config.probabilities``): the classification loss
+  (``cross_entropy_loss``) and the explanation loss's ``prob_*`` scores.
 
   With ``explain``, the loss adds ``alpha * L_exp`` (``explain_loss``):
   with ``statistics='batch'`` its Grad-CAM differentiates the tapped layer
@@ -213,10 +224,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
       zeros = jax.eval_shape(lambda: forward(None)[1][0])
       heat, logits, updates = explain_loss.heatmap_from_forward(
           forward, jnp.zeros(zeros.shape, zeros.dtype), explain.kind,
-          positive=batch["label"], negative=0)
+          positive=batch["label"], negative=0, probabilities=probabilities)
     else:
       logits, updates = model.apply(variables, batch["image"], **kwargs)
-    ce = cross_entropy_loss(logits, batch["label"])
+    ce = cross_entropy_loss(logits, batch["label"], probabilities)
     parts = {"cross_entropy": ce}
     detached = lap_terms is not None and lap_terms.detached
     loss = jnp.zeros(()) if detached else ce
@@ -231,7 +242,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
         heat, _ = explain_loss.grad_cam_heatmap(
             from_flax(model, variables, layers=[explain.layer]),
             batch["image"], explain.layer, explain.kind,
-            positive=batch["label"], negative=0)
+            positive=batch["label"], negative=0, probabilities=probabilities)
       parts["explain"] = explain_loss.training_loss(
           heat, batch, fraction=explain.top_k, reading=explain.reading,
           temperature=explain.temperature)
@@ -257,12 +268,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh,
                     explain: ExplainLoss | None = None,
                     lap_terms: LAPTraining | None = None,
-                    trainable: tuple[str, ...] = ()):
+                    trainable: tuple[str, ...] = (),
+                    probabilities: str = "softmax"):
   """``train_step`` jitted over ``mesh``: batch split on 'data', state
   replicated, the input state donated."""
   return jax.jit(
       functools.partial(train_step, model=model, tx=tx, explain=explain,
-                        lap_terms=lap_terms, trainable=trainable),
+                        lap_terms=lap_terms, trainable=trainable,
+                        probabilities=probabilities),
       in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
       out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
       donate_argnums=0)
@@ -381,7 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   keys = ("image", "label") + (("boxes", "boxes_valid") if explain else ())
   keys += ("box_mask",) if expert else ()
   step_fn = make_train_step(model, tx, mesh, explain, lap_terms,
-                            trainable_prefixes(config))
+                            trainable_prefixes(config), config.probabilities)
   local_batch = config.batch_size // jax.process_count()
   start = int(state.step)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,

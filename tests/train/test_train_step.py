@@ -4,12 +4,13 @@ import functools
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import default
 from lapjax.data import batching, sources
 from lapjax.models import create_model
-from lapjax.train import train_step
+from lapjax.train import cross_entropy_loss, train_step
 from lapjax.train.loop import make_optimizer
 from lapjax.train.state import create_train_state
 from tests.train.determinism import run_twice
@@ -54,6 +55,34 @@ def test_step_keys_differ_per_step_and_survive_checkpoint_layout():
 def test_loss_goes_down_on_a_fixed_batch():
   config, source, model, tx, state = _setup()
   step = jax.jit(functools.partial(train_step, model=model, tx=tx))
+  batch = _batch(source, config, 0)
+  first = None
+  for _ in range(60):
+    state, metrics = step(state, batch)
+    first = float(metrics["loss"]) if first is None else first
+  assert float(metrics["loss"]) < 0.5 * first
+
+
+def test_classification_losses_have_their_formulas():
+  """Softmax cross-entropy, and per-class sigmoid BCE against one-hot
+  labels averaged over classes and batch (PyTorch's BCEWithLogitsLoss)."""
+  z = jnp.array([[2.0, -1.0], [0.5, 0.0]])
+  y = jnp.array([0, 1])
+  p = jax.nn.softmax(z)
+  np.testing.assert_allclose(cross_entropy_loss(z, y),
+                             -(np.log(p[0, 0]) + np.log(p[1, 1])) / 2,
+                             rtol=1e-6)
+  s = jax.nn.sigmoid(z)
+  bce = -(np.log(s[0, 0]) + np.log(1 - s[0, 1]) + np.log(1 - s[1, 0])
+          + np.log(s[1, 1])) / 4
+  np.testing.assert_allclose(cross_entropy_loss(z, y, "sigmoid"), bce,
+                             rtol=1e-6)
+
+
+def test_a_sigmoid_model_learns():
+  config, source, model, tx, state = _setup()
+  step = jax.jit(functools.partial(train_step, model=model, tx=tx,
+                                   probabilities="sigmoid"))
   batch = _batch(source, config, 0)
   first = None
   for _ in range(60):
