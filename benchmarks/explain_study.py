@@ -33,14 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
-from lapjax import attribution as attr  # noqa: E402
 from lapjax import explain_loss, from_flax  # noqa: E402
 from lapjax.data import batching, sources  # noqa: E402
-from lapjax.metrics import saliency  # noqa: E402
+from lapjax.evaluation.saliency_report import saliency_scores  # noqa: E402
 from lapjax.models import create_model  # noqa: E402
 from lapjax.train.loop import ExplainLoss, make_optimizer, train_step  # noqa: E402,E501
 from lapjax.train.state import create_train_state  # noqa: E402
@@ -100,26 +98,15 @@ def run_one(coarse, kind, alpha, seed, steps, num_test=512,
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   clf = from_flax(model, variables, layers=[LAYER])
   logits = np.asarray(jax.jit(clf.apply)(t["image"])[0])
-  pos = t["label"] > 0
-  x = jnp.asarray(t["image"][pos])
-  cam = attr.grad_cam(clf, x, jnp.ones(len(x), jnp.int32), layer=LAYER,
-                      resize=False)
-  h_hat = explain_loss.normalize_minmax(cam)
-  mask = explain_loss.box_mask(t["boxes"][pos], t["boxes_valid"][pos],
-                               h_hat.shape[1:], t["image"].shape[1:3])
+  scores = saliency_scores(clf, t["image"], t["label"], t["boxes"],
+                           t["boxes_valid"], layer=LAYER)
   return {
       "boxes": "coarse" if coarse else "exact", "loss": kind,
       "alpha": alpha, "seed": seed, "steps": steps, "reading": reading,
       "top_k": top_k, "statistics": statistics,
       "probabilities": probabilities,
       "accuracy": float(np.mean(logits.argmax(-1) == t["label"])),
-      "top_precision": float(np.nanmean(
-          saliency.top_saliency_precision(h_hat, mask))),
-      "all_precision": float(np.nanmean(
-          saliency.all_saliency_precision(h_hat, mask))),
-      "coverage": float(np.nanmean(saliency.annotation_coverage(
-          h_hat, t["boxes"][pos], t["boxes_valid"][pos],
-          t["image"].shape[1:3]))),
+      **{k: float(np.nanmean(v)) for k, v in scores.items()},
   }
 
 

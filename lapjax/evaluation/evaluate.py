@@ -6,7 +6,9 @@ writes ``report.json``, ``report.md`` and figures: ``predictions.png``
 class); where the data has evidence masks, every method of
 ``config.evaluation.methods`` scored by every localisation metric,
 ``explanations.png`` (input, ground truth, one overlay per method) and
-``sanity.png`` (cascading randomisation curves).
+``sanity.png`` (cascading randomisation curves); where it has boxes and
+the run was trained with the explanation loss (or
+``evaluation.saliency_report``), paper 001's saliency metrics.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lapjax.evaluation import explanations
 from lapjax.evaluation.lap_report import lap_evaluation
 from lapjax.evaluation.methods import standard_methods
 from lapjax.evaluation.report import write_report
+from lapjax.evaluation.saliency_report import saliency_evaluation
 from lapjax.metrics import classification_summary, nan_summary
 from lapjax.metrics.sanity import cascading_randomization
 from lapjax.train.config import load_run_config as load_config
@@ -91,6 +94,15 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
           lap_layers=lap_map_layers(config),
           membership=dc_membership(info),
           key=jax.random.key(config.evaluation.seed))
+  explained = config.explain_loss.type != "cross_entropy"
+  if "boxes" in batch and (explained or config.evaluation.saliency_report):
+    layer = config.explain_loss.layer
+    report["saliency"] = saliency_evaluation(
+        from_flax(model, {"params": state.params,
+                          "batch_stats": state.batch_stats}, layers=[layer]),
+        source.get(np.arange(min(config.evaluation.num_images,
+                                 source.num_examples))),
+        layer=layer, fraction=config.explain_loss.top_k)
   write_report(workdir, report)
   return report
 

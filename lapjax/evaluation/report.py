@@ -28,6 +28,9 @@ def _markdown(report: dict[str, Any]) -> str:
     lines.append(f"| **{name}** | " + " | ".join(map(str, row)) + " |")
   if "explanations" in report:
     lines += _explanation_tables(report)
+  if "saliency" in report:
+    from lapjax.evaluation.saliency_report import markdown
+    lines += markdown(report["saliency"])
   if "lap" in report:
     from lapjax.evaluation.lap_report import markdown
     lines += markdown(report["lap"])

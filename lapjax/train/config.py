@@ -121,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluation.seed = 0               # keys of the stochastic methods
   c.evaluation.lap_report = False     # the LAP paper's tables (always on
   #   for LAP runs): binarised IoU, SRG, keep-top-k, standalone LAPs
+  c.evaluation.saliency_report = False  # paper 001's saliency metrics at
+  #   explain_loss.layer (always on for runs trained with explain_loss)
   c.evaluation.lap_images = 256       # test images (correct clue images used)
   c.evaluation.lap_val_images = 128   # validation images (learned threshold)
   c.evaluation.grid_games = 24        # grids per set (benchmarks/grid_game)

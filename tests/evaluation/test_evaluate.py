@@ -49,12 +49,51 @@ def test_report_files_and_numbers(run):
     rma = per_metric["relevance_mass"]
     assert rma["nan"] >= config.evaluation.num_images // 4
     assert rma["n"] + rma["nan"] == config.evaluation.num_images
+  assert "saliency" not in report        # not trained with explain_loss
   sanity = report["sanity"]["grad_cam"]
   assert sanity["layers"][0] == "head"
   assert sanity["spearman"][0] == pytest.approx(1.0)
   assert "## Explanations" in md and "## Cascading randomisation" in md
   for f in ("explanations.png", "sanity.png"):
     assert (run / f).stat().st_size > 10_000
+
+
+def test_saliency_report_scores_grad_cam_against_the_boxes(run):
+  """Paper 001's metrics, checked against a direct computation: Grad-CAM
+  of the true class at the layer, min-max normalised, union box mask."""
+  import jax.numpy as jnp
+
+  from lapjax import attribution as attr
+  from lapjax import explain_loss, from_flax
+
+  config = default.get_config("tiny")
+  config.evaluation.methods = ("grad_cam",)
+  config.evaluation.sanity_methods = ("grad_cam",)
+  config.evaluation.saliency_report = True
+  config.explain_loss.layer = "block2"
+  report = evaluate(config, str(run))
+  section = report["saliency"]["scores"]
+  model, state, _ = load_state(config, str(run))
+  src, _ = sources.make_source(config.data, "test")
+  b = src.get(np.arange(config.evaluation.num_images))
+  pos = b["label"] > 0                # every clue image has boxes
+  clf = from_flax(model, {"params": state.params,
+                          "batch_stats": state.batch_stats},
+                  layers=["block2"])
+  h = np.asarray(explain_loss.normalize_minmax(attr.grad_cam(
+      clf, jnp.asarray(b["image"][pos]), b["label"][pos], layer="block2",
+      resize=False)))
+  m = np.asarray(explain_loss.box_mask(b["boxes"][pos], b["boxes_valid"][pos],
+                                       h.shape[1:], b["image"].shape[1:3]))
+  ok = h.sum((1, 2)) > 0
+  expect = (h * m).sum((1, 2))[ok] / h.sum((1, 2))[ok]
+  assert section["all_precision"]["n"] == ok.sum()
+  assert section["all_precision"]["nan"] == pos.sum() - ok.sum()
+  assert section["all_precision"]["mean"] == pytest.approx(expect.mean(),
+                                                           rel=1e-5)
+  assert section["top_precision"]["n"] + section["top_precision"]["nan"] == (
+      pos.sum())
+  assert "## Saliency" in (run / "report.md").read_text()
 
 
 def test_sloc_config_adds_slocs_and_the_faithfulness_table(run):
