@@ -15,12 +15,16 @@ grows by 50 % of its side per side and overlapping boxes merge
 accuracy; on the positive ones, Grad-CAM of the positive class (running
 BatchNorm statistics, 8x8, min-max normalised) against the union of the
 same kind of boxes as in training: top- and all-saliency precision (top 50
-%) and annotation coverage (tau 0.01). The loss keeps the top ``--top_k``
-of the heatmap (0.5, the paper's, by default). Results go to
-``docs/explain_study/results.*.jsonl`` (``top_k_<value>/`` for other
-``--top_k``, ``steps_<value>/`` for other ``--steps``); ``--report``
-writes ``results.md`` and the box plots ``alpha.png`` and ``losses.png``
-there.
+%) and annotation coverage (tau 0.01)
+(``lapjax.evaluation.saliency_report``). The loss keeps the top
+``--top_k`` of the heatmap (0.5, the paper's, by default); its Grad-CAM
+uses the training forward pass (``--statistics batch``) or a second,
+inference-mode pass (``running``); ``--probabilities sigmoid`` trains the
+paper's two BCE outputs. Results go to
+``docs/explain_study/results.*.jsonl``, in subfolders ``running/``,
+``sigmoid/``, ``top_k_<value>/``, ``steps_<value>/`` (in that order) for
+the non-default options; ``--report`` with the same options writes
+``results.md`` and the box plots ``alpha.png`` and ``losses.png`` there.
 """
 
 import argparse
