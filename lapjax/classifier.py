@@ -218,6 +218,12 @@ def from_flax(module: nn.Module, variables: Mapping[str, Any], *,
     ValueError: unknown layer names (the message lists the available ones
       with their output shapes), or ``layers=None`` without ``input_shape``.
   """
+  if "mutable" in apply_kwargs:
+    raise ValueError(
+        "from_flax runs the module with no mutable collections, so that "
+        "batch items stay independent; got mutable="
+        f"{apply_kwargs['mutable']!r}. For a training-mode forward pass "
+        "(BatchNorm on batch statistics) use lapjax.classifier.apply_tapped")
   if input_shape is not None:
     avail = available_layers(module, variables, input_shape, **apply_kwargs)
     if layers is None:

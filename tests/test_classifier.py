@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lapjax import from_flax
+from lapjax.classifier import apply_tapped
 from lapjax.models import SmallCNN
 from lapjax.models.cnn import _Block
 from lapjax.models.layers import GlobalAvgPool, Pool, batch_norm
@@ -145,6 +146,38 @@ def test_training_mode_batch_norm_is_refused():
   clf = from_flax(model, v, layers=["Conv_0"])
   with pytest.raises(ValueError, match="batch_stats.*inference mode"):
     clf.apply(jnp.ones((2, 4, 4, 3)))
+  with pytest.raises(ValueError, match="mutable=.*apply_tapped"):
+    from_flax(model, v, layers=["Conv_0"], mutable=["batch_stats"])
+
+
+def test_apply_tapped_runs_training_mode_and_perturbs_the_tap():
+  """The training-mode forward of the explanation loss: batch statistics,
+  the updated statistics returned, a delta added to the tapped output."""
+  class TrainModeNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      h = nn.Conv(2, (1, 1))(x)
+      h = nn.BatchNorm(use_running_average=not train)(h)
+      return h.mean(axis=(1, 2))
+
+  model = TrainModeNet()
+  x = jax.random.normal(jax.random.key(1), (3, 4, 5, 3))
+  v = model.init(jax.random.key(0), x)
+  (out, updates), feats = apply_tapped(
+      model, v, x, layers=["Conv_0"], train=True, mutable=["batch_stats"])
+  c = feats["Conv_0"]
+  mean, var = c.mean((0, 1, 2)), c.var((0, 1, 2))
+  np.testing.assert_allclose(updates["batch_stats"]["BatchNorm_0"]["mean"],
+                             0.01 * mean, rtol=1e-5, atol=1e-7)  # momentum 0.99
+  np.testing.assert_allclose(out, ((c - mean) / jnp.sqrt(var + 1e-5)).mean(
+      (1, 2)), rtol=1e-4, atol=1e-5)
+  delta = jnp.ones_like(c)
+  _, shifted = apply_tapped(model, v, x, layers=["Conv_0"],
+                            deltas={"Conv_0": delta}, train=True,
+                            mutable=["batch_stats"])
+  np.testing.assert_allclose(shifted["Conv_0"], c + 1, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown layer"):
+    apply_tapped(model, v, x, layers=["Conv_9"])
 
 
 def test_jit_equals_no_jit(cnn):
