@@ -61,6 +61,7 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   workdir = os.path.abspath(workdir)
   config = load_config(workdir) if config is None else config
   model, state, info = load_state(config, workdir)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
   source, _ = sources.make_source(config.data, split)
   logits, labels = predict(state, model, source,
                            batch_size=config.eval_batch_size)
@@ -83,23 +84,20 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   viz.sample_grid(batch, titles, os.path.join(workdir, figure))
   report["figures"] = [figure]
   if "mask" in batch:
-    report.update(_explanation_report(config, model, state, source, workdir,
-                                      info, logits))
+    report.update(_explanation_report(config, model, variables, source,
+                                      workdir, info, logits))
     report["figures"] += ["explanations.png", "sanity.png"]
     if config.lap.mode != "off" or config.evaluation.lap_report:
       val, _ = sources.make_source(config.data, "validation")
       report["lap"] = lap_evaluation(
-          config, model, {"params": state.params,
-                          "batch_stats": state.batch_stats}, source, val,
-          lap_layers=lap_map_layers(config),
-          membership=dc_membership(info),
+          config, model, variables, source, val,
+          lap_layers=lap_map_layers(config), membership=dc_membership(info),
           key=jax.random.key(config.evaluation.seed))
   explained = config.explain_loss.type != "cross_entropy"
   if "boxes" in batch and (explained or config.evaluation.saliency_report):
     layer = config.explain_loss.layer
     report["saliency"] = saliency_evaluation(
-        from_flax(model, {"params": state.params,
-                          "batch_stats": state.batch_stats}, layers=[layer]),
+        from_flax(model, variables, layers=[layer]),
         source.get(np.arange(min(config.evaluation.num_images,
                                  source.num_examples))),
         layer=layer, fraction=config.explain_loss.top_k)
@@ -107,13 +105,12 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   return report
 
 
-def _explanation_report(config, model, state, source, workdir,
+def _explanation_report(config, model, variables, source, workdir,
                         info: dict[str, Any], logits: np.ndarray
                         ) -> dict[str, Any]:
   """Methods x localisation metrics, the figure grid and sanity curves."""
   e = config.evaluation
   names = info["class_names"]
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
   lap_layers = lap_map_layers(config)
   clf = from_flax(model, variables, layers=[e.layer, *lap_layers])
   guided = attr.guided_classifier(model, variables, layers=[e.layer])

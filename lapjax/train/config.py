@@ -149,8 +149,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       hints.append(f"{p}" + (f" (did you mean {close[0]}?)" if close else ""))
     raise ValueError(f"unknown config field(s): {', '.join(hints)}; the "
                      "fields are documented in lapjax/train/config.py")
-  if config.probabilities not in ("softmax", "sigmoid"):
-    raise ValueError(f"config.probabilities must be 'softmax' or 'sigmoid'; "
+  from lapjax.explain_loss import PROBABILITIES
+  if config.probabilities not in PROBABILITIES:
+    raise ValueError(f"config.probabilities must be one of {PROBABILITIES}; "
                      f"got {config.probabilities!r}")
   for name in ("batch_size", "num_steps", "log_every", "checkpoint_every",
                "eval_batch_size"):

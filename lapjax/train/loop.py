@@ -141,6 +141,9 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
   ``probabilities='sigmoid'`` binary cross-entropy of one sigmoid per class
   against the one-hot labels, averaged over classes and batch (PyTorch's
   ``BCEWithLogitsLoss``)."""
+  if probabilities not in explain_loss.PROBABILITIES:
+    raise ValueError(f"probabilities must be one of "
+                     f"{explain_loss.PROBABILITIES}; got {probabilities!r}")
   if probabilities == "sigmoid":
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     return optax.sigmoid_binary_cross_entropy(logits, onehot).mean()

@@ -2,10 +2,13 @@
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default, sloc
+from lapjax import attribution as attr
+from lapjax import explain_loss, from_flax
 from lapjax.data import sources
 from lapjax.evaluation.evaluate import evaluate
 from lapjax.train import load_state, predict, train_and_evaluate
@@ -61,11 +64,6 @@ def test_report_files_and_numbers(run):
 def test_saliency_report_scores_grad_cam_against_the_boxes(run):
   """Paper 001's metrics, checked against a direct computation: Grad-CAM
   of the true class at the layer, min-max normalised, union box mask."""
-  import jax.numpy as jnp
-
-  from lapjax import attribution as attr
-  from lapjax import explain_loss, from_flax
-
   config = default.get_config("tiny")
   config.evaluation.methods = ("grad_cam",)
   config.evaluation.sanity_methods = ("grad_cam",)
