@@ -15,7 +15,9 @@ excluded, median of ``--reps``. Prints JSON lines:
   gradients (chunk 16) for 50 and 200 steps: chunking bounds memory by
   ``chunk_size * B`` images whatever the number of steps.
 * ``chunking``: integrated gradients with the library's ``lax.scan`` over
-  chunks vs a host loop over one jitted chunk (DESIGN.md §3).
+  chunks vs a host loop over one jitted chunk (DESIGN.md §3), and vs the
+  same ``lax.scan`` without ``loop_convs`` (the convolutions of the loop
+  body left in the layouts of JAX's transpose rule).
 """
 
 import argparse
@@ -23,6 +25,7 @@ import functools
 import json
 import os
 import sys
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -150,14 +153,23 @@ def main():
                 for i in range(0, steps, chunk))
     return (x * total / steps).sum(-1)
 
-  s_scan = timed(scan, x, t1, reps=args.reps)
-  s_host = timed(host_loop, x, reps=args.reps)
+  with mock.patch.object(core.loop_convs, "canonical_convs", lambda f: f):
+    plain = jax.jit(functools.partial(
+        attr.integrated_gradients, clf, steps=steps,
+        chunk_size=chunk * args.batch)).lower(x, t1).compile()
+  times = timed_side_by_side({"scan": (scan, (x, t1)),
+                              "host": (host_loop, (x,)),
+                              "plain": (plain, (x, t1))}, reps=args.reps)
+  s_scan, s_host, s_plain = times["scan"], times["host"], times["plain"]
   print(json.dumps({"benchmark": "chunking", "method": "integrated_gradients",
                     "batch": args.batch, "steps": steps,
                     "points_per_pass": chunk,
                     "lax_scan_s": round(s_scan, 3),
                     "host_loop_s": round(s_host, 3),
-                    "scan_over_host": round(s_scan / s_host, 2)}),
+                    "lax_scan_without_loop_convs_s": round(s_plain, 3),
+                    "scan_over_host": round(s_scan / s_host, 2),
+                    "without_over_with_loop_convs": round(s_plain / s_scan,
+                                                          2)}),
         flush=True)
 
 

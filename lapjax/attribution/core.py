@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lapjax.attribution import loop_convs
 from lapjax.classifier import Classifier, check_images
 
 RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos3")
@@ -236,8 +237,10 @@ def chunked_sum(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
 
   ``fn`` maps a chunk of items ``[n, ...]`` to per-item results
   ``[n, ...out]``. Memory is bounded by one chunk; padded items get weight
-  zero. A ``lax.scan`` keeps the whole method jittable.
+  zero. A ``lax.scan`` keeps the whole method jittable; its body's
+  convolutions are made canonical (``loop_convs``).
   """
+  fn = loop_convs.canonical_convs(fn)
   items, pad = _pad_to_chunks(items, per_pass)
   weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
   weights = weights.reshape(items.shape[:2])
@@ -255,7 +258,9 @@ def chunked_sum(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
 def chunked_map(fn: Callable[[jax.Array], jax.Array], items: jax.Array,
                 per_pass: int) -> jax.Array:
   """``fn`` over ``items``, ``per_pass`` at a time, results stacked
-  ``[n, ...out]`` (``lax.map`` over chunks)."""
+  ``[n, ...out]`` (``lax.map`` over chunks; convolutions made canonical,
+  ``loop_convs``)."""
+  fn = loop_convs.canonical_convs(fn)
   n = items.shape[0]
   chunks, _ = _pad_to_chunks(items, per_pass)
   out = jax.lax.map(fn, chunks)
