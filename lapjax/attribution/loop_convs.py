@@ -20,6 +20,7 @@ unchanged.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,16 +61,26 @@ def canonical_conv(lhs: jax.Array, rhs: jax.Array, *,
   return lax.transpose(out, tuple(perm))
 
 
+def _inner(eqn: jex.JaxprEqn) -> jex.Jaxpr | None:
+  """The jaxpr of a ``jit`` call or a ``jax.checkpoint`` (``remat2``)."""
+  if eqn.primitive.name == "jit":
+    return eqn.params["jaxpr"].jaxpr
+  if eqn.primitive.name == "remat2":
+    return eqn.params["jaxpr"]
+  return None
+
+
 def _has_conv(jaxpr: jex.Jaxpr) -> bool:
   return any(e.primitive is lax.conv_general_dilated_p
-             or (e.primitive.name == "jit" and _has_conv(e.params["jaxpr"].jaxpr))
+             or (_inner(e) is not None and _has_conv(_inner(e)))
              for e in jaxpr.eqns)
 
 
 def _evaluate(jaxpr: jex.Jaxpr, consts: Sequence[Any], *args: Any
               ) -> list[Any]:
-  """``jax.core.eval_jaxpr`` with convolutions made canonical; ``jit``
-  calls that contain one are inlined."""
+  """``jax.core.eval_jaxpr`` with convolutions made canonical. ``jit``
+  calls that contain one are inlined; ``jax.checkpoint`` regions are
+  checkpointed again (same policy) around the rewritten jaxpr."""
   env: dict[Any, Any] = {}
 
   def read(v):
@@ -86,9 +97,15 @@ def _evaluate(jaxpr: jex.Jaxpr, consts: Sequence[Any], *args: Any
     invals = [read(v) for v in eqn.invars]
     if eqn.primitive is lax.conv_general_dilated_p:
       outvals = [canonical_conv(*invals, **eqn.params)]
-    elif eqn.primitive.name == "jit" and _has_conv(eqn.params["jaxpr"].jaxpr):
-      sub = eqn.params["jaxpr"]
-      outvals = _evaluate(sub.jaxpr, sub.consts, *invals)
+    elif _inner(eqn) is not None and _has_conv(_inner(eqn)):
+      if eqn.primitive.name == "jit":
+        sub = eqn.params["jaxpr"]
+        outvals = _evaluate(sub.jaxpr, sub.consts, *invals)
+      else:
+        outvals = jax.checkpoint(
+            functools.partial(_evaluate, _inner(eqn), ()),
+            prevent_cse=eqn.params["prevent_cse"],
+            policy=eqn.params["policy"])(*invals)
     else:
       with eqn.ctx.manager:
         out = eqn.primitive.bind(*invals,
