@@ -94,3 +94,17 @@ def test_chunked_gradients_compile_to_canonical_convolutions_only():
             for line in hlo.splitlines() if " convolution(" in line]
   assert "while" in hlo and labels
   assert all("dim_labels=" + lab == CANONICAL_2D for lab in labels), labels
+
+
+def test_composes_with_vmap_and_grad():
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  g = jax.grad(lambda u, s: jnp.sum(jnp.tanh(s * lax.conv_general_dilated(
+      u, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))))
+  wrapped = loop_convs.canonical_convs(g)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3))
+  scales = jnp.array([0.5, 1.0, 2.0])
+  np.testing.assert_allclose(
+      jax.vmap(wrapped, (None, 0))(x, scales),
+      jax.vmap(g, (None, 0))(x, scales), rtol=1e-4, atol=1e-5)
+  second = lambda f: jax.grad(lambda s: jnp.sum(f(x, s) ** 2))(1.5)
+  np.testing.assert_allclose(second(wrapped), second(g), rtol=1e-4)
