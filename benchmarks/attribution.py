@@ -1,9 +1,12 @@
 r"""Attribution speed: Attribution Lens overhead, batching, IG memory.
 
   python benchmarks/attribution.py [--batch 64] [--reps 5]
+  python benchmarks/attribution.py --model resnet18 --size 96 --batch 8 \
+      --sections chunking
 
 The default SmallCNN (random weights; speed does not depend on them) at
-64x64. Every ratio is measured in this one run, jitted functions, compile
+64x64, or ``--model resnet18`` (CAM layer ``stage4``) at ``--size``. Every
+ratio is measured in this one run, jitted functions, compile
 excluded, median of ``--reps``. Prints JSON lines:
 
 * ``lens``: Attribution Lens with C' = 4 over Grad-CAM and input x gradient,
@@ -37,11 +40,14 @@ from benchmarks.common import timed, timed_side_by_side  # noqa: E402
 from lapjax import attribution as attr  # noqa: E402
 from lapjax import from_flax  # noqa: E402
 from lapjax.attribution import core  # noqa: E402
-from lapjax.models import SmallCNN  # noqa: E402
+from lapjax.models import SmallCNN, create_model  # noqa: E402
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model", default="small_cnn",
+                      choices=("small_cnn", "resnet18"))
+  parser.add_argument("--size", type=int, default=64)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--single", type=int, default=8)
   parser.add_argument("--reps", type=int, default=5)
@@ -49,17 +55,21 @@ def main():
                       help="comma-separated subset to run")
   args = parser.parse_args()
   sections = set(args.sections.split(","))
-  model = SmallCNN(4, widths=(16, 32, 64, 128))
-  x = jax.random.uniform(jax.random.key(0), (args.batch, 64, 64, 3))
+  if args.model == "resnet18":
+    model, layer = create_model("resnet18", num_classes=4), "stage4"
+  else:
+    model, layer = SmallCNN(4, widths=(16, 32, 64, 128)), "block4"
+  x = jax.random.uniform(jax.random.key(0),
+                         (args.batch, args.size, args.size, 3))
   v = model.init(jax.random.key(1), x[:1])
-  clf = from_flax(model, v, layers=["block4"])
-  guided = attr.guided_classifier(model, v, layers=["block4"])
+  clf = from_flax(model, v, layers=[layer])
+  guided = attr.guided_classifier(model, v, layers=[layer])
   t1 = jnp.arange(args.batch) % 4
   t4 = jnp.tile(jnp.arange(4), (args.batch, 1))
   key = jax.random.key(2)
 
   # Attribution Lens overhead.
-  for name, method, kw in (("grad_cam", attr.grad_cam, {"layer": "block4"}),
+  for name, method, kw in (("grad_cam", attr.grad_cam, {"layer": layer}),
                            ("input_x_gradient", attr.input_x_gradient, {})
                            ) if "lens" in sections else ():
     one = jax.jit(functools.partial(method, clf, **kw))
@@ -87,18 +97,18 @@ def main():
                                {"steps": 16, "chunk_size": 16}),
       "smoothgrad": (attr.smoothgrad, clf, {"key": key, "samples": 16}),
       "guided_backprop": (attr.guided_backprop, guided, {}),
-      "grad_cam": (attr.grad_cam, clf, {"layer": "block4"}),
+      "grad_cam": (attr.grad_cam, clf, {"layer": layer}),
       "grad_cam_plus_plus": (attr.grad_cam_plus_plus, clf,
-                             {"layer": "block4"}),
-      "layer_cam": (attr.layer_cam, clf, {"layer": "block4"}),
-      "guided_grad_cam": (attr.guided_grad_cam, guided, {"layer": "block4"}),
-      "score_cam": (attr.score_cam, clf, {"layer": "block4",
+                             {"layer": layer}),
+      "layer_cam": (attr.layer_cam, clf, {"layer": layer}),
+      "guided_grad_cam": (attr.guided_grad_cam, guided, {"layer": layer}),
+      "score_cam": (attr.score_cam, clf, {"layer": layer,
                                           "chunk_size": 32}),
       "occlusion": (attr.occlusion, clf, {"window": (8, 8),
                                           "stride": (8, 8)}),
       "rise": (attr.rise, clf, {"key": key, "num_masks": 256}),
-      "lafam": (attr.lafam, clf, {"layer": "block4"}),
-      "relax": (attr.relax, clf, {"layer": "block4", "key": key,
+      "lafam": (attr.lafam, clf, {"layer": layer}),
+      "relax": (attr.relax, clf, {"layer": layer, "key": key,
                                   "num_masks": 256}),
   }
   for name, (method, c, kw) in (methods.items() if "batching" in sections
@@ -162,6 +172,7 @@ def main():
                               "plain": (plain, (x, t1))}, reps=args.reps)
   s_scan, s_host, s_plain = times["scan"], times["host"], times["plain"]
   print(json.dumps({"benchmark": "chunking", "method": "integrated_gradients",
+                    "model": args.model, "size": args.size,
                     "batch": args.batch, "steps": steps,
                     "points_per_pass": chunk,
                     "lax_scan_s": round(s_scan, 3),

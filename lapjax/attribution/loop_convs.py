@@ -7,9 +7,9 @@ convolutions, but only of top-level ones, not inside a ``while`` loop. The
 input gradient of a convolution (JAX's transpose rule) has an ``HWOI``
 kernel, so every gradient taken inside ``lax.scan`` / ``lax.map`` (the
 chunked passes of integrated gradients and SmoothGrad) fell back to a naive
-loop nest: 10-16x slower per convolution, 3.5x for a whole chunked
+loop nest: 10-16x slower per convolution, 2-3.3x for a whole chunked
 integrated-gradients call (``benchmarks/attribution.py --sections
-chunking``).
+chunking``: SmallCNN and ResNet-18).
 
 ``canonical_convs(fn)`` evaluates ``fn``'s jaxpr with every convolution's
 operands transposed to the canonical layout in JAX (a transpose of the small
