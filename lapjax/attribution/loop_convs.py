@@ -52,12 +52,11 @@ def canonical_conv(lhs: jax.Array, rhs: jax.Array, *,
   rhs = lax.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))
   out = lax.conv_general_dilated_p.bind(lhs, rhs,
                                         dimension_numbers=canonical, **params)
-  # Logical dimension j (batch, feature, spatial...) sits at canonical axis
-  # position[j] and must go to axis out_spec[j].
-  position = (0, n - 1, *range(1, n - 1))
+  # Logical dimension j (batch, feature, spatial...) sits at axis
+  # canonical.out_spec[j] of the result and must go to axis out_spec[j].
   perm = [0] * n
   for j, axis in enumerate(out_spec):
-    perm[axis] = position[j]
+    perm[axis] = canonical.out_spec[j]
   return lax.transpose(out, tuple(perm))
 
 
