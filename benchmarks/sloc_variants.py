@@ -8,9 +8,9 @@ Each positional argument is a JSON dict of ``attr.sloc`` options (``"sloc_m":
 true`` runs ``attr.sloc_m`` instead). On the first ``--images`` clue test
 images of the run in ``--workdir`` (``make demo`` trains it), explaining the
 true class, prints one JSON line per setting, Grad-CAM at the config's layer
-first: POS / NEG (top-1 accuracy, 0-90 % removed), DEL / INS (probability,
-21 points), NPD, IDD (AUCs in percent, black baseline; the protocol of
-``evaluate.py --config configs/sloc.py``) and the seconds the maps took.
+first: POS / NEG, DEL / INS, NPD, IDD (``explanations.faithfulness_scores``,
+the protocol of ``evaluate.py --config configs/sloc.py``, without SIC / AIC)
+and the seconds the maps took.
 """
 
 import argparse
@@ -27,11 +27,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lapjax import attribution as attr  # noqa: E402
-from lapjax import from_flax, metrics  # noqa: E402
+from lapjax import from_flax  # noqa: E402
 from lapjax.data import sources  # noqa: E402
 from lapjax.evaluation.evaluate import load_run  # noqa: E402
-
-METRICS = ("pos", "neg", "del", "ins", "npd", "idd")
+from lapjax.evaluation.explanations import faithfulness_scores  # noqa: E402
 
 
 def main():
@@ -49,9 +48,6 @@ def main():
   x = jnp.asarray(batch["image"][clue])
   t = jnp.asarray(batch["label"][clue], jnp.int32)
   key = jax.random.key(config.evaluation.seed)
-  pos_neg = jax.jit(metrics.positive_negative, static_argnums=0)
-  ins_del = jax.jit(metrics.insertion_deletion, static_argnums=0,
-                    static_argnames="steps")
   runs = {"grad_cam": lambda: attr.grad_cam(clf, x, t, layer=layer)}
   for spec in args.settings:
     options = json.loads(spec)
@@ -61,11 +57,12 @@ def main():
     start = time.perf_counter()
     maps = jax.block_until_ready(run())
     seconds = time.perf_counter() - start
-    scores = {**pos_neg(clf, x, maps, t), **ins_del(clf, x, maps, t,
-                                                     steps=20)}
+    scores, _ = faithfulness_scores(
+        clf, x, t, maps, key=key, sic_aic=False,
+        steps=config.evaluation.faithfulness_steps)
     print(json.dumps({"setting": name, "images": len(clue),
-                      **{k: round(float(np.mean(scores[k])), 1)
-                         for k in METRICS},
+                      **{k: round(float(np.mean(v)), 1)
+                         for k, v in scores.items()},
                       "seconds": round(seconds, 1)}), flush=True)
 
 

@@ -123,8 +123,6 @@ def canonical_convs(fn: Callable[..., Any]) -> Callable[..., Any]:
 
   def wrapped(*args):
     closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
-    if not _has_conv(closed.jaxpr):
-      return fn(*args)
     out = _evaluate(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
     return jax.tree.unflatten(jax.tree.structure(shapes), out)
 

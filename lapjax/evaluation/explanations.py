@@ -49,17 +49,20 @@ _insertion_deletion = jax.jit(metrics.insertion_deletion, static_argnums=0,
 
 def faithfulness_scores(classifier: Classifier, images: np.ndarray,
                         labels: np.ndarray, maps: np.ndarray, *,
-                        key: jax.Array, steps: int = 20, batch_size: int = 32
+                        key: jax.Array, steps: int = 20, batch_size: int = 32,
+                        sic_aic: bool = True
                         ) -> tuple[dict[str, np.ndarray], int]:
   """``({metric: [N]}, SIC/AIC skipped count)`` for maps ``[N, H, W]`` of
   the ``labels``, every metric explaining the label's class.
 
   POS / NEG (top-1 accuracy, 0-90 %), DEL / INS (probability, ``steps`` + 1
-  points), NPD = NEG - POS, IDD = INS - DEL, AIC / SIC
-  (``metrics.faithfulness``); black baseline; AUCs in percent.
+  points), NPD = NEG - POS, IDD = INS - DEL, and unless ``sic_aic`` is
+  False AIC / SIC (``metrics.faithfulness``); black baseline; AUCs in
+  percent.
   """
-  out: dict[str, list] = {k: [] for k in ("pos", "neg", "del", "ins", "npd",
-                                          "idd", "aic", "sic")}
+  names = ("pos", "neg", "del", "ins", "npd", "idd")
+  out: dict[str, list] = {k: [] for k in names + (("aic", "sic") if sic_aic
+                                                   else ())}
   skipped = 0
   for i in range(0, len(images), batch_size):
     x = jnp.asarray(images[i:i + batch_size])
@@ -67,10 +70,13 @@ def faithfulness_scores(classifier: Classifier, images: np.ndarray,
     t = jnp.asarray(labels[i:i + batch_size], jnp.int32)
     scores = {**_positive_negative(classifier, x, m, t),
               **_insertion_deletion(classifier, x, m, t, steps=steps)}
-    pic = metrics.sic_aic(classifier, x, m, t, key=jax.random.fold_in(key, i))
-    skipped += pic["n_skipped"]
+    if sic_aic:
+      pic = metrics.sic_aic(classifier, x, m, t,
+                            key=jax.random.fold_in(key, i))
+      skipped += pic["n_skipped"]
+      scores.update(aic=pic["aic"], sic=pic["sic"])
     for k in out:
-      out[k].append(np.asarray(pic[k] if k in ("aic", "sic") else scores[k]))
+      out[k].append(np.asarray(scores[k]))
   return {k: np.concatenate(v) for k, v in out.items()}, skipped
 
 
