@@ -119,7 +119,8 @@ def guided_grad_cam(guided: Classifier, x: jax.Array, targets, *,
 
 
 def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
-              baseline: float = 0.0, chunk_size: int = 64,
+              baseline: jax.Array | float | str = 0.0,
+              blur_sigma: float = 5.0, chunk_size: int = 64,
               resize: bool = True, resize_method: str = "bilinear"
               ) -> jax.Array:
   """Score-CAM: each channel weighted by the score of the input it masks.
@@ -127,7 +128,9 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   Channel ``k``'s activation is upsampled (bilinear) and min-max normalised
   to a mask ``M_k`` in [0, 1]; its weight is the target's softmax
   probability on ``x * M_k + baseline * (1 - M_k)``, and the map is
-  ``ReLU(sum_k w_k A^k)``. Needs integer targets (probabilities of a class).
+  ``ReLU(sum_k w_k A^k)``; ``baseline``: a number, an array or ``'blur'``
+  (``core.baseline_images``, with ``blur_sigma``). Needs integer targets
+  (probabilities of a class).
   At most ``chunk_size`` images per forward pass (``max(1, chunk_size //
   B)`` channels of the whole batch).
 
@@ -139,6 +142,7 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
     raise ValueError("score_cam needs integer targets [B] or [B, C'] (it "
                      "scores class probabilities)")
   core.check_layer(classifier, layer)
+  base = core.baseline_images(x, baseline, blur_sigma)
   acts = classifier.apply(x)[1][layer]                     # [B, h, w, c]
   b, h, w, c = x.shape[0], *x.shape[1:3], acts.shape[-1]
   up = jax.image.resize(acts, (b, h, w, c), "bilinear")
@@ -149,7 +153,7 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   def scores(channels):                                    # [n] -> [n, C', B]
     n = channels.shape[0]
     m = jnp.moveaxis(masks[..., channels], -1, 0)[..., None]   # [n, B, H, W, 1]
-    xs = (x * m + baseline * (1 - m)).reshape(n * b, *x.shape[1:])
+    xs = (x * m + base * (1 - m)).reshape(n * b, *x.shape[1:])
     probs = jax.nn.softmax(classifier.apply(xs)[0]).reshape(n, b, -1)
     return jnp.einsum("nbk,cbk->ncb", probs, t.cotangents)
 

@@ -193,19 +193,22 @@ def resize_maps(maps: jax.Array, size: tuple[int, int] | None,
   return jax.image.resize(maps, (*maps.shape[:-2], *size), method=method)
 
 
-def baseline_images(x: jax.Array, baseline, blur_sigma: float = 5.0
-                    ) -> jax.Array:
+def baseline_images(x: jax.Array, baseline, blur_sigma: float = 5.0, *,
+                    name: str = "baseline") -> jax.Array:
   """``[B, H, W, C]`` baseline images for perturbation methods and metrics.
 
   ``baseline`` is a number or an array broadcast to ``x`` (0: zero in the
   model's input space, black for images in ``[0, 1]``; pass the normalised
   black pixel for normalised inputs, never the image minimum), or
-  ``'blur'``: each channel Gaussian-blurred with ``blur_sigma``.
+  ``'blur'``: each channel Gaussian-blurred with ``blur_sigma``. ``name``
+  is the caller's argument, for error messages.
   """
   if isinstance(baseline, str):
     if baseline != "blur":
-      raise ValueError(f"baseline must be a number, an array or 'blur'; got "
+      raise ValueError(f"{name} must be a number, an array or 'blur'; got "
                        f"{baseline!r}")
+    if not blur_sigma > 0:
+      raise ValueError(f"blur_sigma must be > 0; got {blur_sigma}")
     from lapjax.attribution import postprocess
     radius = min(int(np.ceil(3 * blur_sigma)), min(x.shape[1:3]) - 1)
     k = 2 * radius + 1
@@ -216,7 +219,7 @@ def baseline_images(x: jax.Array, baseline, blur_sigma: float = 5.0
   try:
     return jnp.broadcast_to(b, x.shape)
   except ValueError:
-    raise ValueError(f"baseline of shape {b.shape} does not broadcast to the "
+    raise ValueError(f"{name} of shape {b.shape} does not broadcast to the "
                      f"images' shape {x.shape}") from None
 
 

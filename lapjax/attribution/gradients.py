@@ -57,7 +57,8 @@ def input_x_gradient(classifier: Classifier, x: jax.Array, targets, *,
 
 
 def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
-                         baseline: jax.Array | float = 0.0, steps: int = 50,
+                         baseline: jax.Array | float | str = 0.0,
+                         blur_sigma: float = 5.0, steps: int = 50,
                          method: str = "riemann_trapezoid",
                          chunk_size: int = 64,
                          channels: str | None = "sum") -> jax.Array:
@@ -73,7 +74,9 @@ def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
     classifier: the model.
     x: ``[B, H, W, C]``.
     targets: as for ``gradient``.
-    baseline: ``x'``, a scalar or an array broadcastable to ``x``.
+    baseline: ``x'``: a number, an array broadcast to ``x``, or ``'blur'``
+      (``x`` Gaussian-blurred; ``core.baseline_images``).
+    blur_sigma: Gaussian sigma of ``baseline='blur'``.
     steps: quadrature points, ``>= 1`` (``>= 2`` for the trapezoid rule).
     method: ``'riemann_trapezoid'`` (``steps`` equally spaced points with both
       end points, trapezoid weights) or ``'gauss_legendre'`` (Captum's
@@ -102,7 +105,7 @@ def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
   else:
     raise ValueError(f"method must be 'riemann_trapezoid' or "
                      f"'gauss_legendre'; got {method!r}")
-  baseline = jnp.broadcast_to(jnp.asarray(baseline, x.dtype), x.shape)
+  baseline = core.baseline_images(x, baseline, blur_sigma)
   b = x.shape[0]
 
   def grads_at(alpha_chunk):

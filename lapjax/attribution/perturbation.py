@@ -36,7 +36,8 @@ def _scores(classifier: Classifier, xs: jax.Array, cotangents: jax.Array,
 
 def occlusion(classifier: Classifier, x: jax.Array, targets, *,
               window: tuple[int, int] = (8, 8),
-              stride: tuple[int, int] = (4, 4), fill: float = 0.0,
+              stride: tuple[int, int] = (4, 4),
+              fill: jax.Array | float | str = 0.0, blur_sigma: float = 5.0,
               score: str = "logit", chunk_size: int = 64) -> jax.Array:
   """Occlusion: the score drop when a window is set to ``fill``.
 
@@ -52,7 +53,9 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
     targets: ``[B]``, ``[B, C']`` int or ``[B, K]`` float.
     window: ``(height, width)`` of the occluding patch (all channels).
     stride: step between window positions.
-    fill: value written into the window, in the model's input space.
+    fill: what replaces the window, in the model's input space: a number,
+      an array broadcast to ``x``, or ``'blur'`` (``x`` Gaussian-blurred
+      with ``blur_sigma``; ``core.baseline_images``).
     score: ``'logit'`` or ``'prob'``.
     chunk_size: images per forward pass.
 
@@ -81,12 +84,13 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
     in_x = (cols >= p[1]) & (cols < p[1] + ww)
     return (in_y[:, None] & in_x[None, :]).astype(x.dtype)
 
+  filled = core.baseline_images(x, fill, blur_sigma, name="fill")
   base = _scores(classifier, x, t.cotangents, score)           # [C', B]
 
   def drops(p_chunk):                          # [n, 2] -> [n, C', B, H, W]
     n = p_chunk.shape[0]
     m = jax.vmap(window_mask)(p_chunk)                          # [n, H, W]
-    occluded = jnp.where(m[:, None, :, :, None] > 0, fill, x[None])
+    occluded = jnp.where(m[:, None, :, :, None] > 0, filled[None], x[None])
     s = _scores(classifier, occluded.reshape(n * b, *x.shape[1:]),
                 t.cotangents, score).reshape(-1, n, b)
     d = base[:, None] - s                                       # [C', n, B]
@@ -115,8 +119,9 @@ def _rise_mask(key: jax.Array, size: tuple[int, int], cells: int,
 
 def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
          num_masks: int = 2000, cells: int = 7, p: float = 0.5,
-         baseline: float = 0.0, score: str = "prob",
-         normalization: str = "paper", chunk_size: int = 64) -> jax.Array:
+         baseline: jax.Array | float | str = 0.0, blur_sigma: float = 5.0,
+         score: str = "prob", normalization: str = "paper",
+         chunk_size: int = 64) -> jax.Array:
   """RISE: the score-weighted average of random smooth masks.
 
   .. math:: S = \\frac{1}{N p} \\sum_i f(x \\odot M_i + b (1 - M_i)) M_i
@@ -124,7 +129,9 @@ def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   ``normalization='paper'`` divides by ``N p`` (Petsiuk et al.);
   ``'mask_sum'`` divides each pixel by ``sum_i M_i`` (Xplique). Masks are
   ``cells x cells`` Bernoulli(p) grids, bilinearly upsampled, randomly shifted
-  (mask ``i`` from ``fold_in(key, i)``), shared by the batch.
+  (mask ``i`` from ``fold_in(key, i)``), shared by the batch. ``baseline``
+  ``b``: a number, an array or ``'blur'`` (``core.baseline_images``, with
+  ``blur_sigma``).
 
   References:
     Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of
@@ -138,6 +145,7 @@ def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   if normalization not in ("paper", "mask_sum"):
     raise ValueError(f"normalization must be 'paper' or 'mask_sum'; got "
                      f"{normalization!r}")
+  base = core.baseline_images(x, baseline, blur_sigma)
   b, h, w = x.shape[:3]
   make = jax.vmap(lambda i: _rise_mask(jax.random.fold_in(key, i), (h, w),
                                        cells, p))
@@ -145,7 +153,7 @@ def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   def weighted(indices):                         # [n] -> [n, 1+C', B, H, W]
     n = indices.shape[0]
     m = make(indices)                                            # [n, H, W]
-    xs = x[None] * m[:, None, :, :, None] + baseline * (
+    xs = x[None] * m[:, None, :, :, None] + base[None] * (
         1 - m[:, None, :, :, None])
     s = _scores(classifier, xs.reshape(n * b, *x.shape[1:]), t.cotangents,
                 score).reshape(-1, n, b)

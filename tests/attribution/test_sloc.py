@@ -167,15 +167,6 @@ def test_calibrate_p_picks_a_candidate_per_patch_size():
   assert len(p) == 2 and all(v in S.P_CANDIDATES for v in p)
 
 
-def test_baselines():
-  x = jax.random.uniform(jax.random.key(12), (1, *SIZE, 3)) + 0.5
-  np.testing.assert_array_equal(attr.core.baseline_images(x, 0.0), 0 * x)
-  blurred = attr.core.baseline_images(x, "blur", 2.0)
-  assert blurred.shape == x.shape and float(blurred.std()) < float(x.std())
-  with pytest.raises(ValueError, match="broadcast"):
-    attr.core.baseline_images(x, jnp.zeros(4))
-
-
 # -- bad input -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
