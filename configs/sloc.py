@@ -10,8 +10,17 @@ the checkpoint ``make demo`` trains (no new training)::
 INS, NPD, IDD, AIC and SIC for every method below on the first 64 clue
 images (explaining the true class), SLOC's three versions included
 (``sloc_xp``'s p is calibrated on 64 validation images). Results and timings:
-docs/benchmarks.md ("SLOC"). Variant ``tiny`` (``configs/sloc.py:tiny``)
-runs the same path in seconds on the tiny run of ``configs/default.py:tiny``.
+docs/benchmarks.md ("SLOC"). Variants (``configs/sloc.py:NAME``):
+
+* ``blur``: every perturbation, the methods' (SLOC's masked inputs, the
+  integrated-gradients path, Score-CAM, occlusion, RISE) and the metrics'
+  (POS to INS), goes towards the Gaussian-blurred image instead of black
+  (``config.evaluation.baseline``)::
+
+    python evaluate.py --config configs/sloc.py:blur --workdir runs/default
+
+* ``tiny``: the same path in seconds on the tiny run of
+  ``configs/default.py:tiny``.
 """
 
 import ml_collections
@@ -20,8 +29,13 @@ from configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The default config (``arg``: None or 'tiny') with SLOC evaluation."""
-  c = default.get_config(arg)
+  """The default config with SLOC evaluation; ``arg``: None, 'blur' or
+  'tiny'."""
+  if arg not in (None, "blur", "tiny"):
+    raise ValueError(f"unknown config variant {arg!r}; use 'blur' or 'tiny'")
+  c = default.get_config("tiny" if arg == "tiny" else None)
+  if arg == "blur":
+    c.evaluation.baseline = "blur"
   c.evaluation.methods = (
       "gradient", "input_x_gradient", "integrated_gradients",
       "guided_backprop", "grad_cam", "grad_cam_plus_plus", "layer_cam",

@@ -30,6 +30,7 @@ from lapjax.evaluation.report import write_report
 from lapjax.evaluation.saliency_report import saliency_evaluation
 from lapjax.metrics import classification_summary, nan_summary
 from lapjax.metrics.sanity import cascading_randomization
+from lapjax.train.config import BASELINES
 from lapjax.train.config import load_run_config as load_config
 from lapjax.train.loop import (
   dc_membership,
@@ -117,18 +118,21 @@ def _explanation_report(config, model, variables, source, workdir,
   n = min(e.num_images, source.num_examples)
   batch = source.get(np.arange(n))
   key = jax.random.key(e.seed)
+  baseline = BASELINES[e.baseline]
   sloc_p = None
   if "sloc_xp" in e.methods:
     val, _ = sources.make_source(config.data, "validation")
     v = val.get(np.arange(min(e.sloc_calibration_images, val.num_examples)))
     sloc_p = attr.calibrate_p(clf, v["image"], v["label"],
-                              key=jax.random.fold_in(key, 7))
+                              key=jax.random.fold_in(key, 7),
+                              baseline=baseline)
   table = standard_methods(e.layer, key=key,
                            image_size=batch["image"].shape[1],
                            ig_steps=e.ig_steps, rise_masks=e.rise_masks,
                            smoothgrad_samples=e.smoothgrad_samples,
                            sloc_masks=e.sloc_masks, sloc_steps=e.sloc_steps,
-                           sloc_p=sloc_p, lap_layers=lap_layers,
+                           sloc_p=sloc_p, baseline=baseline,
+                           lap_layers=lap_layers,
                            dcs=lap.dc_system(dc_membership(info)),
                            lap_decay=config.lap.decay)
   unknown = [m for m in e.methods if m not in table]
@@ -187,8 +191,10 @@ def _faithfulness_report(clf, batch, logits, maps, e, key
   for name, m in maps.items():
     values, skipped[name] = explanations.faithfulness_scores(
         clf, batch["image"][ok], batch["label"][ok], m[ok],
-        key=jax.random.fold_in(key, 3), steps=e.faithfulness_steps)
+        key=jax.random.fold_in(key, 3), steps=e.faithfulness_steps,
+        baseline=BASELINES[e.baseline])
     scores[name] = {k: nan_summary(v) for k, v in values.items()}
   return {"n_images": int(len(ok)), "misclassified": misclassified,
+          "baseline": e.baseline,
           "sic_aic_skipped": skipped, "scores": scores}
 

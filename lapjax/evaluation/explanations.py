@@ -42,22 +42,24 @@ def localization_scores(maps: jax.Array, masks: jax.Array
 
 
 # Jitted once per classifier (and steps), shared by every method's maps.
-_positive_negative = jax.jit(metrics.positive_negative, static_argnums=0)
+_positive_negative = jax.jit(metrics.positive_negative, static_argnums=0,
+                             static_argnames="baseline")
 _insertion_deletion = jax.jit(metrics.insertion_deletion, static_argnums=0,
-                              static_argnames="steps")
+                              static_argnames=("steps", "baseline"))
 
 
 def faithfulness_scores(classifier: Classifier, images: np.ndarray,
                         labels: np.ndarray, maps: np.ndarray, *,
                         key: jax.Array, steps: int = 20, batch_size: int = 32,
-                        sic_aic: bool = True
+                        baseline: float | str = 0.0, sic_aic: bool = True
                         ) -> tuple[dict[str, np.ndarray], int]:
   """``({metric: [N]}, SIC/AIC skipped count)`` for maps ``[N, H, W]`` of
   the ``labels``, every metric explaining the label's class.
 
   POS / NEG (top-1 accuracy, 0-90 %), DEL / INS (probability, ``steps`` + 1
   points), NPD = NEG - POS, IDD = INS - DEL, and unless ``sic_aic`` is
-  False AIC / SIC (``metrics.faithfulness``); black baseline; AUCs in
+  False AIC / SIC (``metrics.faithfulness``); POS to INS perturb towards
+  ``baseline`` (0: black for images in ``[0, 1]``; or ``'blur'``); AUCs in
   percent.
   """
   names = ("pos", "neg", "del", "ins", "npd", "idd")
@@ -68,8 +70,9 @@ def faithfulness_scores(classifier: Classifier, images: np.ndarray,
     x = jnp.asarray(images[i:i + batch_size])
     m = jnp.asarray(maps[i:i + batch_size])
     t = jnp.asarray(labels[i:i + batch_size], jnp.int32)
-    scores = {**_positive_negative(classifier, x, m, t),
-              **_insertion_deletion(classifier, x, m, t, steps=steps)}
+    scores = {**_positive_negative(classifier, x, m, t, baseline=baseline),
+              **_insertion_deletion(classifier, x, m, t, steps=steps,
+                                    baseline=baseline)}
     if sic_aic:
       pic = metrics.sic_aic(classifier, x, m, t,
                             key=jax.random.fold_in(key, i))

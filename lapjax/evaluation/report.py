@@ -59,7 +59,8 @@ def _explanation_tables(report: dict[str, Any]) -> list[str]:
     names = list(next(iter(faith["scores"].values())))
     lines += ["", f"## Faithfulness ({faith['n_images']} clue images, "
               f"{faith['misclassified']} misclassified; maps and scores for "
-              "the true class; AUCs in percent)", "",
+              "the true class; AUCs in percent; baseline "
+              f"{faith.get('baseline', 'zero')})", "",
               "POS, DEL lower is better; NEG, INS, NPD = NEG - POS, IDD = "
               "INS - DEL, AIC, SIC higher is better. Mean ± std; SIC/AIC "
               "skip images failing PAIR's confidence filters.", "",

@@ -115,6 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluation.sloc_calibration_images = 64  # validation images, sloc_xp
   c.evaluation.faithfulness_images = 64  # clue images (true class)
   c.evaluation.faithfulness_steps = 20   # insertion / deletion steps
+  # Perturbation baseline, 'zero' (black for images in [0, 1]) or 'blur',
+  # of the methods that take one (integrated gradients, Score-CAM,
+  # occlusion, RISE, SLOC) and of POS / NEG / DEL / INS.
+  c.evaluation.baseline = "zero"
   c.evaluation.sanity_methods = ("gradient", "grad_cam", "guided_backprop")
   c.evaluation.sanity_images = 16     # images of the randomisation check
   c.evaluation.sanity_keys = 3        # randomisation draws, averaged
@@ -138,6 +142,10 @@ def _paths(config, prefix=""):
       yield from _paths(value, path + ".")
 
 
+# config.evaluation.baseline -> the methods' and metrics' ``baseline``.
+BASELINES = {"zero": 0.0, "blur": "blur"}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming any field that ``base_config`` does not have."""
   known = set(_paths(base_config()))
@@ -159,6 +167,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{name} must be >= 1; got {config[name]}")
   _validate_explain_loss(config.explain_loss)
   _validate_lap(config)
+  if config.evaluation.baseline not in BASELINES:
+    raise ValueError(f"config.evaluation.baseline must be one of "
+                     f"{tuple(BASELINES)}; got {config.evaluation.baseline!r}")
+
 
 
 LAP_MODES = ("off", "plugged", "detached")

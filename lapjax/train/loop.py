@@ -39,7 +39,7 @@ from lapjax.train.state import TrainState, create_train_state
 
 # Fields that may change when a run resumes (the rest must match).
 RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
-                     "eval_batch_size")
+                     "eval_batch_size", "evaluation")
 
 
 def dc_membership(info: dict[str, Any]) -> np.ndarray:

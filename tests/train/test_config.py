@@ -47,6 +47,14 @@ def test_bad_values(field, value, match):
     validate(config)
 
 
+def test_bad_evaluation_baseline():
+  config = default.get_config("tiny")
+  config.evaluation.baseline = "black"
+  with pytest.raises(ValueError, match="evaluation.baseline must be one of "
+                     r"\('zero', 'blur'\); got 'black'"):
+    validate(config)
+
+
 def test_bad_optimizer_names():
   config = default.get_config("tiny")
   config.optimizer.name = "adagrad"

@@ -1,5 +1,6 @@
 """A run killed part-way and resumed ends where an uninterrupted run ends."""
 
+import copy
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from lapjax.train import checkpoint, load_state, train_and_evaluate
+from lapjax.train import checkpoint, load_state, loop, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -75,6 +76,11 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
   config = default.get_config("tiny")
   config.num_steps = 2
   train_and_evaluate(config, str(tmp_path), progress=False)
+  # Evaluation settings do not change training: resuming keeps the run.
+  evaluated_otherwise = copy.deepcopy(config)
+  evaluated_otherwise.evaluation.baseline = "blur"
+  evaluated_otherwise.num_steps = 3
+  loop._check_resume_config(str(tmp_path), evaluated_otherwise)
   config.optimizer.learning_rate = 0.5
   with pytest.raises(ValueError, match=r"different config.*optimizer"):
     train_and_evaluate(config, str(tmp_path), progress=False)
