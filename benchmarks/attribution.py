@@ -14,6 +14,11 @@ excluded, median of ``--reps``. Prints JSON lines:
   4 single-target calls.
 * ``batching``: per-image time of each method on a batch vs image by image
   (batch-1 calls of the same jitted function) on ``--single`` images.
+* ``eager``: one plain (un-jitted) call of each method, as the README's
+  examples make it, with the library's ``compiled`` wrapper vs the same
+  method unwrapped (``__wrapped__``: what an eager call used to run,
+  operation by operation) vs ``jax.jit`` of it, on the batch and on one
+  image.
 * ``ig_memory``: XLA's temporary buffer size of the compiled integrated
   gradients (chunk 16) for 50 and 200 steps: chunking bounds memory by
   ``chunk_size * B`` images whatever the number of steps.
@@ -51,7 +56,8 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--single", type=int, default=8)
   parser.add_argument("--reps", type=int, default=5)
-  parser.add_argument("--sections", default="lens,batching,memory,chunking",
+  parser.add_argument("--sections",
+                      default="lens,batching,eager,memory,chunking",
                       help="comma-separated subset to run")
   args = parser.parse_args()
   sections = set(args.sections.split(","))
@@ -130,6 +136,25 @@ def main():
                       "per_image_batched_ms": round(1e3 * batched, 2),
                       "per_image_single_ms": round(1e3 * single, 2),
                       "speedup": round(single / batched, 2)}), flush=True)
+
+  # Eager calls: the compiled wrapper vs op-by-op dispatch vs jax.jit.
+  for name, (method, c, kw) in (methods.items() if "eager" in sections
+                                else ()):
+    for n in (args.batch, 1):
+      inputs = (x[:n], t1[:n])
+      times = timed_side_by_side({
+          "eager": (functools.partial(method, c, **kw), inputs),
+          "op_by_op": (functools.partial(method.__wrapped__, c, **kw),
+                       inputs),
+          "jit": (jax.jit(functools.partial(method, c, **kw)), inputs)},
+          reps=max(1, args.reps // 2))
+      print(json.dumps({"benchmark": "eager", "method": name, "batch": n,
+                        **{f"{k}_ms": round(1e3 * v, 2)
+                           for k, v in times.items()},
+                        "op_by_op_over_eager": round(
+                            times["op_by_op"] / times["eager"], 1),
+                        "eager_over_jit": round(
+                            times["eager"] / times["jit"], 2)}), flush=True)
 
   # Integrated gradients: memory does not grow with steps.
   for steps in (50, 200) if "memory" in sections else ():

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from lapjax.attribution import core
+from lapjax.attribution.compiled import compiled
 from lapjax.attribution.gradients import guided_backprop
 from lapjax.classifier import Classifier
 
@@ -23,6 +24,7 @@ def _resize(maps, x, resize: bool, method: str):
   return core.resize_maps(maps, x.shape[1:3] if resize else None, method)
 
 
+@compiled
 def grad_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
              resize: bool = True,
              resize_method: str = "bilinear") -> jax.Array:
@@ -57,6 +59,7 @@ def grad_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   return core.finish(_resize(cam, x, resize, resize_method), t)
 
 
+@compiled
 def grad_cam_plus_plus(classifier: Classifier, x: jax.Array, targets, *,
                        layer: str, resize: bool = True,
                        resize_method: str = "bilinear") -> jax.Array:
@@ -87,6 +90,7 @@ def grad_cam_plus_plus(classifier: Classifier, x: jax.Array, targets, *,
   return core.finish(_resize(cam, x, resize, resize_method), t)
 
 
+@compiled
 def layer_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
               resize: bool = True,
               resize_method: str = "bilinear") -> jax.Array:
@@ -101,6 +105,7 @@ def layer_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   return core.finish(_resize(cam, x, resize, resize_method), t)
 
 
+@compiled
 def guided_grad_cam(guided: Classifier, x: jax.Array, targets, *,
                     layer: str, resize_method: str = "bilinear",
                     channels: str | None = "sum") -> jax.Array:
@@ -118,6 +123,7 @@ def guided_grad_cam(guided: Classifier, x: jax.Array, targets, *,
   return gbp * (cam if channels is not None else cam[..., None])
 
 
+@compiled
 def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
               baseline: jax.Array | float | str = 0.0,
               blur_sigma: float = 5.0, chunk_size: int = 64,
@@ -163,6 +169,7 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   return core.finish(_resize(cam, x, resize, resize_method), t)
 
 
+@compiled
 def lafam(classifier: Classifier, x: jax.Array, targets=None, *, layer: str,
           resize: bool = True, resize_method: str = "nearest") -> jax.Array:
   """LaFAM: the label-free, min-max normalised channel mean of a layer.

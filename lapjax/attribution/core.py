@@ -53,9 +53,11 @@ def check_finite_images(x: jax.Array, *, name: str = "x") -> None:
                      "attributions of such inputs are meaningless")
 
 
-def make_targets(targets, batch: int, num_classes: int) -> Targets:
-  """Validates ``targets`` and turns them into cotangents ``[C', B, K]``."""
-  t = jnp.asarray(targets)
+def check_targets(targets, batch: int, num_classes: int) -> None:
+  """Raises ValueError unless ``targets`` is int ``[B]`` / ``[B, C']`` with
+  values in ``[0, num_classes)`` (checked when concrete) or float ``[B,
+  K]``."""
+  t = targets if hasattr(targets, "dtype") else np.asarray(targets)
   if jnp.issubdtype(t.dtype, jnp.integer):
     if t.ndim not in (1, 2) or t.shape[0] != batch:
       raise ValueError(
@@ -69,18 +71,26 @@ def make_targets(targets, batch: int, num_classes: int) -> Targets:
         raise ValueError(
             f"targets must be class indices in [0, {num_classes}); got "
             f"values in [{lo}, {hi}]")
-    one_hot = jax.nn.one_hot(t, num_classes, dtype=jnp.float32)
-    if t.ndim == 1:
-      return Targets(one_hot[None], multi=False)
-    return Targets(jnp.moveaxis(one_hot, 1, 0), multi=True)
-  if jnp.issubdtype(t.dtype, jnp.floating):
+  elif jnp.issubdtype(t.dtype, jnp.floating):
     if t.shape != (batch, num_classes):
       raise ValueError(
           f"float targets are output cotangents [B, K] = "
           f"{(batch, num_classes)}; got shape {t.shape}")
-    return Targets(t.astype(jnp.float32)[None], multi=False)
-  raise ValueError(f"targets must be int [B], int [B, C'] or float [B, K]; "
-                   f"got dtype {t.dtype}")
+  else:
+    raise ValueError(f"targets must be int [B], int [B, C'] or float [B, K]; "
+                     f"got dtype {t.dtype}")
+
+
+def make_targets(targets, batch: int, num_classes: int) -> Targets:
+  """Validates ``targets`` and turns them into cotangents ``[C', B, K]``."""
+  check_targets(targets, batch, num_classes)
+  t = jnp.asarray(targets)
+  if jnp.issubdtype(t.dtype, jnp.integer):
+    one_hot = jax.nn.one_hot(t, num_classes, dtype=jnp.float32)
+    if t.ndim == 1:
+      return Targets(one_hot[None], multi=False)
+    return Targets(jnp.moveaxis(one_hot, 1, 0), multi=True)
+  return Targets(t.astype(jnp.float32)[None], multi=False)
 
 
 def finish(maps: jax.Array, targets: Targets) -> jax.Array:

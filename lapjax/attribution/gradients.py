@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lapjax.attribution import core
+from lapjax.attribution.compiled import compiled
 from lapjax.classifier import Classifier, from_flax
 
 
+@compiled
 def gradient(classifier: Classifier, x: jax.Array, targets, *,
              channels: str | None = "sum") -> jax.Array:
   """The gradient of the target score w.r.t. the input.
@@ -44,6 +46,7 @@ def gradient(classifier: Classifier, x: jax.Array, targets, *,
   return core.finish(core.reduce_channels(grads, channels), t)
 
 
+@compiled
 def input_x_gradient(classifier: Classifier, x: jax.Array, targets, *,
                      channels: str | None = "sum") -> jax.Array:
   """Input times gradient, ``x * df/dx``, channels summed by default.
@@ -56,6 +59,7 @@ def input_x_gradient(classifier: Classifier, x: jax.Array, targets, *,
   return core.finish(core.reduce_channels(x * grads, channels), t)
 
 
+@compiled
 def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
                          baseline: jax.Array | float | str = 0.0,
                          blur_sigma: float = 5.0, steps: int = 50,
@@ -119,6 +123,7 @@ def integrated_gradients(classifier: Classifier, x: jax.Array, targets, *,
                                           channels), t)
 
 
+@compiled
 def smoothgrad(classifier: Classifier, x: jax.Array, targets, *,
                key: jax.Array, samples: int = 50, noise_level: float = 0.15,
                chunk_size: int = 64,
@@ -213,6 +218,7 @@ def guided_classifier(module: nn.Module, variables, **from_flax_kwargs
                    **from_flax_kwargs)
 
 
+@compiled
 def guided_backprop(classifier: Classifier, x: jax.Array, targets, *,
                     channels: str | None = "sum") -> jax.Array:
   """Guided backpropagation: the gradient through guided ReLUs.

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from lapjax.attribution import core
+from lapjax.attribution.compiled import compiled
 from lapjax.classifier import Classifier
 from lapjax.lap.aggregate import aggregate_depth
 from lapjax.lap.dcs import DCSystem
@@ -37,6 +38,7 @@ def dc_maps(classifier: Classifier, x: jax.Array, *,
   return logits, [feats[layer] for layer in layers]
 
 
+@compiled
 def lap_maps(classifier: Classifier, x: jax.Array, targets, *,
              layers: Sequence[str], dcs: DCSystem, lap: int | None = None,
              decay: float = 0.8, resize: bool = True,

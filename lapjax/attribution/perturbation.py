@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from lapjax.attribution import core
+from lapjax.attribution.compiled import compiled
 from lapjax.classifier import Classifier
 
 
@@ -34,6 +35,7 @@ def _scores(classifier: Classifier, xs: jax.Array, cotangents: jax.Array,
                         cotangents.shape[0], -1)
 
 
+@compiled
 def occlusion(classifier: Classifier, x: jax.Array, targets, *,
               window: tuple[int, int] = (8, 8),
               stride: tuple[int, int] = (4, 4),
@@ -117,6 +119,7 @@ def _rise_mask(key: jax.Array, size: tuple[int, int], cells: int,
   return jax.lax.dynamic_slice(up, (dy, dx), (h, w))
 
 
+@compiled
 def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
          num_masks: int = 2000, cells: int = 7, p: float = 0.5,
          baseline: jax.Array | float | str = 0.0, blur_sigma: float = 5.0,
@@ -172,6 +175,7 @@ def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   return core.finish(sal, t)
 
 
+@compiled
 def relax(classifier: Classifier, x: jax.Array, targets=None, *,
           layer: str, key: jax.Array, num_masks: int = 2048, cells: int = 7,
           p: float = 0.5, chunk_size: int = 64) -> jax.Array:

@@ -45,11 +45,18 @@ def pearson(a: jax.Array, b: jax.Array) -> jax.Array:
   """Per-map Pearson correlation of ``[B, H, W]`` maps (NaN if constant)."""
   a = a.reshape(a.shape[0], -1)
   b = b.reshape(b.shape[0], -1)
-  a = a - a.mean(-1, keepdims=True)
-  b = b - b.mean(-1, keepdims=True)
-  den = jnp.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+  # Centred and scaled to a maximum of 1, so that tiny maps (gradients of
+  # 1e-12) do not underflow to a zero norm (XLA:CPU flushes denormals).
+  a, b = (_unit_max(v - v.mean(-1, keepdims=True)) for v in (a, b))
+  den = jnp.sqrt((a * a).sum(-1)) * jnp.sqrt((b * b).sum(-1))
   return jnp.where(den > 0, (a * b).sum(-1) / jnp.where(den > 0, den, 1.0),
                    jnp.nan)
+
+
+def _unit_max(v: jax.Array) -> jax.Array:
+  """``[B, N]`` rows divided by their largest absolute value (0 stays 0)."""
+  m = jnp.abs(v).max(-1, keepdims=True)
+  return v / jnp.where(m > 0, m, 1.0)
 
 
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -149,6 +156,7 @@ def cascading_randomization(module: nn.Module, variables, x: jax.Array,
     raise ValueError(f"preprocess must be 'none', 'abs' or 'abs_minmax'; "
                      f"got {preprocess!r}")
 
+  @jax.jit     # one program for every randomisation step
   def maps_of(v):
     clf = from_flax(module, v, layers=list(classifier_layers))
     return prep(method(clf, x, targets, **method_kwargs))

@@ -24,6 +24,17 @@ def test_similarities_by_hand():
   assert np.isnan(sanity.pearson(jnp.ones((1, 2, 2)), a.reshape(1, 2, 2))[0])
 
 
+def test_pearson_of_tiny_maps_does_not_underflow():
+  """Gradients of 1e-12: their squared norms' product is below float32's
+  normal range, and jitted XLA:CPU flushes it to zero."""
+  a = jax.random.normal(jax.random.key(1), (2, 12, 16))
+  b = a + jax.random.normal(jax.random.key(2), (2, 12, 16))
+  expected = sanity.pearson(a, b)
+  tiny = jax.jit(sanity.pearson)(1e-12 * a, 1e-12 * b)
+  np.testing.assert_allclose(tiny, expected, rtol=1e-5)
+  assert 0.3 < float(expected.min()) < 0.95
+
+
 def test_cascade_order_keys_and_decorrelation():
   model, v, x = small_cnn()
   t = jnp.array([1, 0, 3])
