@@ -5,11 +5,12 @@ checks its inputs concretely (finite images, targets in range), then runs
 ``jax.jit`` of itself, cached per method, classifier and static options:
 arrays (images, targets, keys, baseline images) are the jitted arguments;
 every other option (layer names, step counts, strings, the classifier) is
-static. Without it, an eager call dispatched hundreds of operations one by
-one and re-traced its ``lax.scan`` loops: 15-30x the jitted time per call
+static. Without it, an eager call dispatched its operations one by one and
+re-traced its ``lax.scan`` loops: 8-54x the jitted time on one image
 (docs/benchmarks.md). Inside ``jit`` / ``vmap`` / ``grad`` the method is
-traced inline, as before; an option that cannot be hashed (a list) runs it
-eagerly.
+traced inline, as before; an option that cannot be hashed (a list), or an
+array where the method needs a concrete value (``steps=jnp.int32(8)``),
+runs it eagerly.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from lapjax.attribution import core
 from lapjax.classifier import Classifier
 
 CACHE_SIZE = 32      # compiled (method, classifier, options) kept
+_NEEDS_A_VALUE = (jax.errors.ConcretizationTypeError,
+                  jax.errors.TracerIntegerConversionError,
+                  jax.errors.TracerBoolConversionError,
+                  jax.errors.TracerArrayConversionError)
 
 
 def compiled(method: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
@@ -47,7 +52,10 @@ def compiled(method: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     if targets is not None:
       core.check_targets(targets, x.shape[0],
                          _num_classes(classifier, x.shape[1:], x.dtype))
-    return jitted(x, targets, arrays)
+    try:
+      return jitted(x, targets, arrays)
+    except _NEEDS_A_VALUE:             # an array option used as a number
+      return method(classifier, x, targets, **options)
 
   return call
 

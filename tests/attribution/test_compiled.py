@@ -76,6 +76,14 @@ def test_an_unhashable_option_runs_eagerly(cnn):
       atol=1e-6)
 
 
+def test_an_array_where_a_number_is_needed_runs_eagerly(cnn):
+  clf, x = cnn
+  t = jnp.array([2, 0, 1])
+  np.testing.assert_allclose(
+      attr.integrated_gradients(clf, x, t, steps=jnp.int32(4)),
+      attr.integrated_gradients(clf, x, t, steps=4), rtol=1e-5, atol=1e-6)
+
+
 def test_eager_calls_still_check_their_inputs(cnn):
   clf, x = cnn
   with pytest.raises(ValueError, match="non-finite"):
