@@ -34,8 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lapjax import attribution as attr  # noqa: E402
-from lapjax import from_flax  # noqa: E402
-from lapjax.attribution import core, postprocess  # noqa: E402
+from lapjax import from_flax, metrics  # noqa: E402
 from lapjax.data import sources  # noqa: E402
 from lapjax.evaluation.evaluate import load_run  # noqa: E402
 from lapjax.evaluation.explanations import faithfulness_scores  # noqa: E402
@@ -73,9 +72,11 @@ def main():
         clf, x, t, maps, key=key, sic_aic=False, baseline=baseline,
         steps=config.evaluation.faithfulness_steps)
     reference = scores if reference is None else reference
-    top = postprocess.pixel_ranks(maps) < round(0.3 * maps[0].size)
-    deleted = jnp.where(top[..., None], core.baseline_images(x, baseline), x)
-    fake = float(np.mean(np.argmax(clf.apply(deleted)[0], -1) > 0))
+    # Not predicted as background (class 0) once the top 30 % are deleted.
+    background = metrics.faithfulness.perturbation_curve(
+        clf, x, maps, jnp.zeros_like(t), fractions=[0.3], baseline=baseline,
+        score="accuracy")
+    fake = 1 - float(np.mean(background))
     paired = {}
     for k in ("idd", "npd"):
       d = scores[k] - reference[k]

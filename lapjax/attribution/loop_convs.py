@@ -94,15 +94,15 @@ def _evaluate(jaxpr: jex.Jaxpr, consts: Sequence[Any], *args: Any
   write(jaxpr.invars, args)
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
+    inner = _inner(eqn)
     if eqn.primitive is lax.conv_general_dilated_p:
       outvals = [canonical_conv(*invals, **eqn.params)]
-    elif _inner(eqn) is not None and _has_conv(_inner(eqn)):
+    elif inner is not None and _has_conv(inner):
       if eqn.primitive.name == "jit":
-        sub = eqn.params["jaxpr"]
-        outvals = _evaluate(sub.jaxpr, sub.consts, *invals)
+        outvals = _evaluate(inner, eqn.params["jaxpr"].consts, *invals)
       else:
         outvals = jax.checkpoint(
-            functools.partial(_evaluate, _inner(eqn), ()),
+            functools.partial(_evaluate, inner, ()),
             prevent_cse=eqn.params["prevent_cse"],
             policy=eqn.params["policy"])(*invals)
     else:

@@ -145,7 +145,8 @@ def _explanation_report(config, model, variables, source, workdir,
   scores = {name: {metric: nan_summary(v) for metric, v in
                    explanations.localization_scores(m, batch["mask"]).items()}
             for name, m in maps.items()}
-  faithfulness = _faithfulness_report(clf, batch, logits[:n], maps, e, key)
+  faithfulness = _faithfulness_report(clf, batch, logits[:n], maps, e, key,
+                                      baseline)
   if sloc_p is not None:
     faithfulness["sloc_xp_p"] = list(sloc_p)
   shown = np.flatnonzero(batch["label"] > 0)[:e.figure_images]
@@ -178,7 +179,7 @@ def _explanation_report(config, model, variables, source, workdir,
           "sanity": sanity}
 
 
-def _faithfulness_report(clf, batch, logits, maps, e, key
+def _faithfulness_report(clf, batch, logits, maps, e, key, baseline
                          ) -> dict[str, Any]:
   """Faithfulness metrics of every method on the first
   ``e.faithfulness_images`` clue images, explaining the true class (the
@@ -192,7 +193,7 @@ def _faithfulness_report(clf, batch, logits, maps, e, key
     values, skipped[name] = explanations.faithfulness_scores(
         clf, batch["image"][ok], batch["label"][ok], m[ok],
         key=jax.random.fold_in(key, 3), steps=e.faithfulness_steps,
-        baseline=BASELINES[e.baseline])
+        baseline=baseline)
     scores[name] = {k: nan_summary(v) for k, v in values.items()}
   return {"n_images": int(len(ok)), "misclassified": misclassified,
           "baseline": e.baseline,
