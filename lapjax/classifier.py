@@ -131,12 +131,49 @@ def _trace(module: nn.Module, variables: Mapping[str, Any], x: jax.Array,
   return output, features, available
 
 
-def _unknown_layer_error(unknown: Sequence[str],
-                         available: Mapping[str, tuple[int, ...]]
-                         ) -> ValueError:
+def unknown_layer_error(unknown: Sequence[str],
+                        available: Mapping[str, tuple[int, ...]]
+                        ) -> ValueError:
+  """The error for layer names a model lacks, listing the ones it has."""
   listing = ", ".join(f"{n} {list(s)}" for n, s in available.items())
   return ValueError(f"unknown layer(s) {sorted(unknown)}; available layers "
                     f"(call order, output shape): {listing}")
+
+
+def resolve_layers(layers: Sequence[str] | None,
+                   available: Mapping[str, tuple[int, ...]] | None,
+                   adapter: str) -> tuple[str, ...]:
+  """The layers an adapter taps, in call order.
+
+  With ``available`` (every tappable path and its output shape, in call
+  order) unknown names are refused and ``layers=None`` means every
+  top-level spatial (``[B, h, w, c]``) layer; without it the names are
+  checked at the first call and ``layers`` is required.
+  """
+  if available is not None:
+    if layers is None:
+      layers = [n for n, s in available.items()
+                if "/" not in n and len(s) == 4]
+    unknown = [n for n in layers if n not in available]
+    if unknown:
+      raise unknown_layer_error(unknown, available)
+    order = list(available)
+    return tuple(sorted(layers, key=order.index))
+  if layers is None:
+    raise ValueError(f"{adapter} needs layers=... or input_shape=(H, W, C) "
+                     "to find the default layers")
+  return tuple(layers)
+
+
+def check_deltas(deltas: Mapping[str, jax.Array] | None,
+                 layers: Sequence[str]) -> dict[str, jax.Array]:
+  """``deltas`` as a dict, refusing names the classifier does not tap."""
+  deltas = dict(deltas or {})
+  extra = [n for n in deltas if n not in layers]
+  if extra:
+    raise ValueError(f"deltas names layers {extra} that this classifier "
+                     f"does not tap; its layers are {list(layers)}")
+  return deltas
 
 
 def apply_tapped(module: nn.Module, variables: Mapping[str, Any],
@@ -160,7 +197,7 @@ def apply_tapped(module: nn.Module, variables: Mapping[str, Any],
                                    wanted, dict(deltas or {}), mutable)
   missing = [n for n in layers if n not in features]
   if missing:
-    raise _unknown_layer_error(missing, avail)
+    raise unknown_layer_error(missing, avail)
   return output, {n: features[n] for n in layers}
 
 
@@ -224,29 +261,14 @@ def from_flax(module: nn.Module, variables: Mapping[str, Any], *,
         "batch items stay independent; got mutable="
         f"{apply_kwargs['mutable']!r}. For a training-mode forward pass "
         "(BatchNorm on batch statistics) use lapjax.classifier.apply_tapped")
-  if input_shape is not None:
-    avail = available_layers(module, variables, input_shape, **apply_kwargs)
-    if layers is None:
-      layers = [n for n, s in avail.items() if "/" not in n and len(s) == 4]
-    unknown = [n for n in layers if n not in avail]
-    if unknown:
-      raise _unknown_layer_error(unknown, avail)
-    order = list(avail)
-    layers = sorted(layers, key=order.index)
-  elif layers is None:
-    raise ValueError("from_flax needs layers=... or input_shape=(H, W, C) to "
-                     "find the default layers")
-  layers = tuple(layers)
-  wanted = frozenset(layers)
+  avail = (None if input_shape is None else
+           available_layers(module, variables, input_shape, **apply_kwargs))
+  layers = resolve_layers(layers, avail, "from_flax")
 
   def apply(x: jax.Array, deltas: Mapping[str, jax.Array] | None = None
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     check_images(x)
-    deltas = dict(deltas or {})
-    extra = [n for n in deltas if n not in wanted]
-    if extra:
-      raise ValueError(f"deltas names layers {extra} that this classifier "
-                       f"does not tap; its layers are {list(layers)}")
+    deltas = check_deltas(deltas, layers)
     return apply_tapped(module, variables, x, layers=layers, deltas=deltas,
                         **apply_kwargs)
 

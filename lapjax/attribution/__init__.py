@@ -7,7 +7,7 @@ at input resolution. Batch-expanding methods take ``chunk_size``; stochastic
 ones take ``key``.
 """
 
-from lapjax.attribution import postprocess
+from lapjax.attribution import checks, postprocess
 from lapjax.attribution.cam import (
                                     grad_cam,
                                     grad_cam_plus_plus,
@@ -16,6 +16,7 @@ from lapjax.attribution.cam import (
                                     layer_cam,
                                     score_cam,
 )
+from lapjax.attribution.checks import jit_checked
 from lapjax.attribution.gradients import (
                                     gradient,
                                     guided_backprop,
@@ -33,13 +34,29 @@ from lapjax.attribution.lens import (
                                     top_k_classes,
 )
 from lapjax.attribution.perturbation import occlusion, relax, rise
+from lapjax.attribution.relevance import (
+                                    Composite,
+                                    composite,
+                                    epsilon_alpha2_beta1,
+                                    epsilon_gamma_box,
+                                    epsilon_plus,
+                                    epsilon_plus_flat,
+                                    lrp,
+                                    relevance_cam,
+                                    relevance_classifier,
+)
 from lapjax.attribution.sloc import calibrate_p, sloc, sloc_fit, sloc_m, sloc_xp
 
 __all__ = [
-    "attribution_lens", "best_vs_worst", "calibrate_p", "grad_cam",
+    "attribution_lens", "best_vs_worst", "calibrate_p", "checks", "grad_cam",
     "grad_cam_plus_plus", "gradient", "guided_backprop", "guided_classifier",
-    "guided_grad_cam", "guided_relu", "input_x_gradient", "lap_maps",
-    "integrated_gradients", "lafam", "layer_cam", "lens_refine", "occlusion",
-    "postprocess", "relax", "rise", "score_cam", "sloc", "sloc_fit",
-    "sloc_m", "sloc_xp", "smoothgrad", "top_k_classes",
+    "guided_grad_cam", "guided_relu", "input_x_gradient", "jit_checked",
+    "lap_maps", "integrated_gradients", "lafam", "layer_cam", "lens_refine",
+    "occlusion", "postprocess", "relax", "rise", "score_cam", "sloc",
+    "sloc_fit", "sloc_m", "sloc_xp", "smoothgrad", "top_k_classes",
+]
+__all__ += [
+    "Composite", "composite", "epsilon_alpha2_beta1", "epsilon_gamma_box",
+    "epsilon_plus", "epsilon_plus_flat", "lrp", "relevance_cam",
+    "relevance_classifier",
 ]

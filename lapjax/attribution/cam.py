@@ -14,14 +14,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lapjax.attribution import core
+from lapjax.attribution import core, postprocess
 from lapjax.attribution.compiled import compiled
 from lapjax.attribution.gradients import guided_backprop
 from lapjax.classifier import Classifier
 
 
 def _resize(maps, x, resize: bool, method: str):
-  return core.resize_maps(maps, x.shape[1:3] if resize else None, method)
+  return postprocess.resize(maps, x.shape[1:3] if resize else None, method)
 
 
 @compiled
@@ -138,7 +138,8 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   (``core.baseline_images``, with ``blur_sigma``). Needs integer targets
   (probabilities of a class).
   At most ``chunk_size`` images per forward pass (``max(1, chunk_size //
-  B)`` channels of the whole batch).
+  B)`` channels of the whole batch); masks are built per chunk, so memory
+  is bounded by ``max(chunk_size, B)`` images whatever the channel count.
 
   References:
     Wang et al., "Score-CAM", CVPR-W 2020.
@@ -150,15 +151,18 @@ def score_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
   core.check_layer(classifier, layer)
   base = core.baseline_images(x, baseline, blur_sigma)
   acts = classifier.apply(x)[1][layer]                     # [B, h, w, c]
+  core.check_spatial_layer(layer, acts.shape)
   b, h, w, c = x.shape[0], *x.shape[1:3], acts.shape[-1]
-  up = jax.image.resize(acts, (b, h, w, c), "bilinear")
-  lo = up.min(axis=(1, 2), keepdims=True)
-  hi = up.max(axis=(1, 2), keepdims=True)
-  masks = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.)
 
   def scores(channels):                                    # [n] -> [n, C', B]
+    # Masks of this chunk's channels only: [n, B, H, W], never all c.
     n = channels.shape[0]
-    m = jnp.moveaxis(masks[..., channels], -1, 0)[..., None]   # [n, B, H, W, 1]
+    a = jnp.moveaxis(acts[..., channels], -1, 0)
+    up = jax.image.resize(a, (n, b, h, w), "bilinear")
+    lo = up.min(axis=(2, 3), keepdims=True)
+    hi = up.max(axis=(2, 3), keepdims=True)
+    m = jnp.where(hi > lo, (up - lo) / jnp.where(hi > lo, hi - lo, 1.0),
+                  0.0)[..., None]                          # [n, B, H, W, 1]
     xs = (x * m + base * (1 - m)).reshape(n * b, *x.shape[1:])
     probs = jax.nn.softmax(classifier.apply(xs)[0]).reshape(n, b, -1)
     return jnp.einsum("nbk,cbk->ncb", probs, t.cotangents)
@@ -189,7 +193,9 @@ def lafam(classifier: Classifier, x: jax.Array, targets=None, *, layer: str,
   x = jnp.asarray(x)
   core.check_finite_images(x)
   core.check_layer(classifier, layer)
-  mean = classifier.apply(x)[1][layer].mean(-1)            # [B, h, w]
+  acts = classifier.apply(x)[1][layer]
+  core.check_spatial_layer(layer, acts.shape)
+  mean = acts.mean(-1)                                     # [B, h, w]
   lo = mean.min(axis=(1, 2), keepdims=True)
   hi = mean.max(axis=(1, 2), keepdims=True)
   cam = _resize((mean - lo) / (hi - lo + 1e-8), x, resize, resize_method)

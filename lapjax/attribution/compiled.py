@@ -1,7 +1,9 @@
 """Eager calls of an attribution method run as one compiled program.
 
 Called outside any JAX transformation, a method decorated with ``compiled``
-checks its inputs concretely (finite images, targets in range), then runs
+checks its inputs concretely (finite images, targets in range; the first
+call per classifier also warns about ``[0, 255]`` images and probability
+outputs, ``checks.warn_suspect_inputs``), then runs
 ``jax.jit`` of itself, cached per method, classifier and static options:
 arrays (images, targets, keys, baseline images) are the jitted arguments;
 every other option (layer names, step counts, strings, the classifier) is
@@ -22,8 +24,8 @@ import jax
 import numpy as np
 from jax._src import core as jax_core  # trace_state_clean: no public API
 
-from lapjax.attribution import core
-from lapjax.classifier import Classifier
+from lapjax.attribution import checks, core
+from lapjax.classifier import Classifier, check_images
 
 CACHE_SIZE = 32      # compiled (method, classifier, options) kept
 _NEEDS_A_VALUE = (jax.errors.ConcretizationTypeError,
@@ -48,7 +50,10 @@ def compiled(method: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     except TypeError:                       # an unhashable option
       return method(classifier, x, targets, **options)
     x = x if hasattr(x, "shape") else np.asarray(x)
-    core.check_finite_images(x)
+    check_images(x)
+    host = np.asarray(x)                 # one device-to-host copy for both
+    core.check_finite_images(host)
+    checks.warn_suspect_inputs(classifier, host)
     if targets is not None:
       core.check_targets(targets, x.shape[0],
                          _num_classes(classifier, x.shape[1:], x.dtype))

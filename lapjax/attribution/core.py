@@ -5,13 +5,21 @@ Targets come in three forms (DESIGN.md §2):
 * ``int [B]``: one class per image; maps ``[B, ...]``.
 * ``int [B, C']``: several classes per image; maps ``[B, C', ...]``. The
   forward pass runs once and ``jax.vmap`` runs one backward pass per class
-  over the shared VJP; never ``C'`` calls of the method.
+  over the shared VJP; never ``C'`` calls of the method. The rank decides,
+  never the size: ``[B, 1]`` is a class set of one (``C' = 1``) and gives
+  ``[B, 1, ...]`` maps, equal to those of its ``[B]`` column with a class
+  axis (squeeze labels stored as ``[B, 1]`` to get ``[B, ...]``).
 * ``float [B, K]``: an explicit output cotangent (as in Zennit); maps
   ``[B, ...]``.
 
 Internally a target is a stack of cotangents ``[C', B, K]`` (``C' = 1`` for the
 single forms); ``finish`` moves the class axis back behind the batch axis or
 drops it.
+
+Input checks hold eagerly and under ``jit``: on concrete values they raise
+``ValueError`` at once; on traced values (inside ``jit``) they are
+``checkify.debug_check`` s, free when nobody asks and raised by
+``checks.jit_checked`` (the evaluation path) as the same ``ValueError``.
 """
 
 from __future__ import annotations
@@ -22,11 +30,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
-from lapjax.attribution import loop_convs
+from lapjax.attribution import loop_convs, postprocess
 from lapjax.classifier import Classifier, check_images
-
-RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos3")
 
 
 class Targets(NamedTuple):
@@ -44,40 +51,71 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+CHECK_VALUES = 2     # int32 values every traced check carries
+
+
+def check_traced(ok: jax.Array, message: str, *values: jax.Array) -> None:
+  """A run-time check of traced values: ``message.format(*values)`` unless
+  ``ok``. A no-op unless the caller is ``checkify``-ed
+  (``checks.jit_checked``), so jitted methods pay nothing otherwise.
+
+  Every check carries ``CHECK_VALUES`` int32 scalars (zeros pad), so all
+  share one ``checkify`` error type and the first failed check in program
+  order is the one reported.
+  """
+  ints = [jnp.asarray(v, jnp.int32) for v in values]
+  ints += [jnp.int32(0)] * (CHECK_VALUES - len(ints))
+  checkify.debug_check(ok, message, *ints)
+
+
 def check_finite_images(x: jax.Array, *, name: str = "x") -> None:
   """Images must be a float ``[B, H, W, C]`` batch of finite numbers."""
   check_images(x, name=name)
-  if _is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+  if _is_concrete(x):
     bad = int(np.sum(~np.isfinite(np.asarray(x))))
-    raise ValueError(f"{name} has {bad} non-finite values (NaN or inf); "
-                     "attributions of such inputs are meaningless")
+    if bad:
+      raise ValueError(f"{name} has {bad} non-finite values (NaN or inf); "
+                       "expected finite images: attributions of such inputs "
+                       "are meaningless")
+  else:
+    bad = jnp.sum(~jnp.isfinite(x))          # one pass over x, not two
+    check_traced(bad == 0,
+                 f"{name} has {{}} non-finite values (NaN or inf); expected "
+                 "finite images: attributions of such inputs are "
+                 "meaningless", bad)
 
 
-def check_targets(targets, batch: int, num_classes: int) -> None:
+def check_targets(targets, batch: int, num_classes: int, *,
+                  name: str = "targets") -> None:
   """Raises ValueError unless ``targets`` is int ``[B]`` / ``[B, C']`` with
-  values in ``[0, num_classes)`` (checked when concrete) or float ``[B,
-  K]``."""
+  values in ``[0, num_classes)`` or float ``[B, K]`` (values checked at
+  once when concrete, under ``checkify`` when traced)."""
   t = targets if hasattr(targets, "dtype") else np.asarray(targets)
   if jnp.issubdtype(t.dtype, jnp.integer):
     if t.ndim not in (1, 2) or t.shape[0] != batch:
       raise ValueError(
-          f"integer targets must be [B] or [B, C'] with B = {batch}; got "
+          f"integer {name} must be [B] or [B, C'] with B = {batch}; got "
           f"shape {t.shape}")
-    if _is_concrete(t) and t.size:
+    if not t.size:
+      return
+    expected = f"{name} must be class indices in [0, {num_classes})"
+    if _is_concrete(t):
       # NumPy: a concrete array captured by a jitted function still traces
       # under jnp reductions.
       lo, hi = int(np.min(np.asarray(t))), int(np.max(np.asarray(t)))
       if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"targets must be class indices in [0, {num_classes}); got "
-            f"values in [{lo}, {hi}]")
+        raise ValueError(f"{expected}; got values in [{lo}, {hi}]")
+    else:
+      lo, hi = jnp.min(t), jnp.max(t)
+      check_traced((lo >= 0) & (hi < num_classes),
+                   expected + "; got values in [{}, {}]", lo, hi)
   elif jnp.issubdtype(t.dtype, jnp.floating):
     if t.shape != (batch, num_classes):
       raise ValueError(
-          f"float targets are output cotangents [B, K] = "
+          f"float {name} are output cotangents [B, K] = "
           f"{(batch, num_classes)}; got shape {t.shape}")
   else:
-    raise ValueError(f"targets must be int [B], int [B, C'] or float [B, K]; "
+    raise ValueError(f"{name} must be int [B], int [B, C'] or float [B, K]; "
                      f"got dtype {t.dtype}")
 
 
@@ -154,6 +192,7 @@ def layer_gradients(classifier: Classifier, x: jax.Array, layer: str,
   """
   check_layer(classifier, layer)
   shapes = jax.eval_shape(classifier.apply, x)[1]
+  check_spatial_layer(layer, shapes[layer].shape)
   zeros = jnp.zeros(shapes[layer].shape, shapes[layer].dtype)
 
   def run(delta):
@@ -170,6 +209,16 @@ def check_layer(classifier: Classifier, layer: str) -> None:
     raise ValueError(f"unknown layer {layer!r}; this classifier taps "
                      f"{list(classifier.layers)} (build it with "
                      "from_flax(..., layers=[...]) to tap others)")
+
+
+def check_spatial_layer(layer: str, shape: tuple[int, ...]) -> None:
+  """Class activation maps need a spatial layer ``[B, h, w, c]``."""
+  if len(shape) != 4:
+    raise ValueError(
+        f"layer {layer!r} must be a spatial feature map [B, h, w, c] for a "
+        f"class activation map; its output has shape {tuple(shape)} (a "
+        "pooled, dense or token layer): tap a convolutional layer before "
+        "the global pooling")
 
 
 def check_positive(name: str, value: int) -> None:
@@ -192,17 +241,6 @@ def reduce_channels(maps: jax.Array, how: str | None) -> jax.Array:
                    f"{how!r}")
 
 
-def resize_maps(maps: jax.Array, size: tuple[int, int] | None,
-                method: str = "bilinear") -> jax.Array:
-  """Resizes the last two axes of ``maps`` to ``size`` (None: unchanged)."""
-  if size is None or tuple(maps.shape[-2:]) == tuple(size):
-    return maps
-  if method not in RESIZE_METHODS:
-    raise ValueError(f"resize method must be one of {RESIZE_METHODS}; got "
-                     f"{method!r}")
-  return jax.image.resize(maps, (*maps.shape[:-2], *size), method=method)
-
-
 def baseline_images(x: jax.Array, baseline, blur_sigma: float = 5.0, *,
                     name: str = "baseline") -> jax.Array:
   """``[B, H, W, C]`` baseline images for perturbation methods and metrics.
@@ -219,7 +257,6 @@ def baseline_images(x: jax.Array, baseline, blur_sigma: float = 5.0, *,
                        f"{baseline!r}")
     if not blur_sigma > 0:
       raise ValueError(f"blur_sigma must be > 0; got {blur_sigma}")
-    from lapjax.attribution import postprocess
     radius = min(int(np.ceil(3 * blur_sigma)), min(x.shape[1:3]) - 1)
     k = 2 * radius + 1
     chw = postprocess.gaussian_blur(jnp.moveaxis(x, -1, 1), sigma=blur_sigma,

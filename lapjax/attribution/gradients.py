@@ -207,13 +207,21 @@ def guided_classifier(module: nn.Module, variables, **from_flax_kwargs
   """A classifier of ``module`` with every activation a ``guided_relu``.
 
   The module must take its activation as an ``act`` attribute (every lapjax
-  model does), so that every ReLU, functional ones included, is replaced.
+  ReLU model does), so that every ReLU, functional ones included, is
+  replaced; a model whose ``act`` is not ReLU (EfficientNet's SiLU) is
+  refused rather than explained as another network.
   """
   if not hasattr(module, "act"):
     raise ValueError(
         f"{type(module).__name__} has no injectable 'act' attribute, so its "
         "ReLUs cannot be replaced; guided backprop needs a model built with "
         "act=guided_relu")
+  if module.act not in (jax.nn.relu, guided_relu):
+    name = getattr(module.act, "__name__", repr(module.act))
+    raise ValueError(
+        f"{type(module).__name__} uses act={name}, not ReLU; guided "
+        "backprop is defined for ReLU networks, and replacing its "
+        "activation with guided_relu would explain a different network")
   return from_flax(module.clone(act=guided_relu), variables,
                    **from_flax_kwargs)
 

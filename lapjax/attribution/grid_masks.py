@@ -24,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+MAX_DRAWS = 1024            # draws of one mask before a cell is forced on
+MAX_EXPECTED_DRAWS = 100    # a concrete p needing more on average is refused
+
 
 class GridMasks(NamedTuple):
   """``N`` binary masks made of grid cells (a pytree; ``vmap`` adds axes).
@@ -91,6 +94,7 @@ def sample_grid_masks(key: jax.Array, size: tuple[int, int], patch: int,
   Mask ``i`` depends only on ``(key, i, p)``: draw ``j`` of mask ``i`` uses
   ``fold_in(fold_in(key, i), j)``, its cells are on where a uniform draw is
   below ``p`` (so masks at different ``p`` are coupled, not independent).
+  See ``sample_grid_masks_batched`` for the redraw limit.
 
   Args:
     key: a ``jax.random.key``.
@@ -99,32 +103,70 @@ def sample_grid_masks(key: jax.Array, size: tuple[int, int], patch: int,
     p: probability that a cell is on, in ``(0, 1)``; may be traced.
     num: number of masks.
   """
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
+  return sample_grid_masks_batched(keys, size, patch, p)
+
+
+def sample_grid_masks_batched(keys: jax.Array, size: tuple[int, int],
+                              patch: int, p: float | jax.Array
+                              ) -> GridMasks:
+  """One grid mask per key, ``keys [...]`` -> masks with leading ``[...]``;
+  ``p`` broadcasts to ``keys.shape``. Draw ``j`` of a mask uses
+  ``fold_in(key, j)``.
+
+  Use this instead of ``jax.vmap`` of ``sample_grid_masks``: the redraws
+  run as one ``while_loop`` over every mask with a scalar condition, which
+  ``checkify`` (``checks.jit_checked``) can transform; a ``vmap`` of it is a
+  batched while loop, which it cannot. Redrawing stops after ``MAX_DRAWS``
+  draws; a mask still empty then (only for a ``p`` so small that
+  ``check_p_for_grid`` refuses it when concrete) gets the one cell of its
+  last draw that a larger ``p`` would switch on first, so the loop ends
+  under ``jit`` too.
+  """
   h, w = size
   if not 1 <= int(patch) <= min(h, w):
     raise ValueError(f"patch must be in [1, min(H, W) = {min(h, w)}] pixels "
                      f"for an image of size {(h, w)}; got {patch}")
   check_p(p)
+  check_p_for_grid(p, size, patch)
   gh, gw = num_grid_cells(patch, h), num_grid_cells(patch, w)
+  batch = keys.shape
+  keys = keys.reshape(-1)
+  ps = jnp.broadcast_to(jnp.asarray(p, jnp.float32), batch).reshape(-1)
 
   def draw(k):
     u = jax.random.uniform(k, (gh * gw + 2,))
     offset = jnp.minimum((u[-2:] * patch).astype(jnp.int32), patch - 1)
-    return (u[:-2].reshape(gh, gw) < p,
+    return (u[:-2].reshape(gh, gw),
             grid_edges(offset[0], patch, h, gh),
             grid_edges(offset[1], patch, w, gw))
 
-  def one(i):
-    k = jax.random.fold_in(key, i)
+  def draws(j):
+    return jax.vmap(lambda k: draw(jax.random.fold_in(k, j)))(keys)
 
-    def redraw(state):
-      j, _ = state
-      return j + 1, draw(jax.random.fold_in(k, j + 1))
+  def empty(drawn):                                            # [M]
+    u, rows, cols = drawn
+    return jax.vmap(_size)(u < ps[:, None, None], rows, cols) == 0
 
-    _, m = jax.lax.while_loop(lambda state: _size(*state[1]) == 0, redraw,
-                              (0, draw(jax.random.fold_in(k, 0))))
-    return GridMasks(*m)
+  def redraw(state):
+    j, drawn = state
+    fresh = draws(j + 1)
+    again = empty(drawn)
+    return j + 1, jax.tree.map(
+        lambda new, old: jnp.where(
+            again.reshape(-1, *[1] * (old.ndim - 1)), new, old),
+        fresh, drawn)
 
-  return jax.vmap(one)(jnp.arange(num))
+  _, (u, rows, cols) = jax.lax.while_loop(
+      lambda state: jnp.any(empty(state[1])) & (state[0] < MAX_DRAWS - 1),
+      redraw, (0, draws(0)))
+  cells = u < ps[:, None, None]
+  area = (jnp.diff(rows)[:, :, None] * jnp.diff(cols)[:, None, :]) > 0
+  first = jnp.argmin(jnp.where(area, u, jnp.inf).reshape(-1, gh * gw), -1)
+  forced = (jnp.arange(gh * gw) == first[:, None]).reshape(-1, gh, gw)
+  cells = jnp.where(empty((u, rows, cols))[:, None, None], forced, cells)
+  return jax.tree.map(lambda v: v.reshape(*batch, *v.shape[1:]),
+                      GridMasks(cells, rows, cols))
 
 
 def check_p(p) -> None:
@@ -134,6 +176,24 @@ def check_p(p) -> None:
     if not np.all((arr > 0) & (arr < 1)):
       raise ValueError(f"p (probability that a cell is on) must be in (0, 1); "
                        f"got {p}")
+
+
+def check_p_for_grid(p, size: tuple[int, int], patch: int) -> None:
+  """Refuses a concrete ``p`` whose masks would be empty so often that each
+  would be drawn more than ``MAX_EXPECTED_DRAWS`` times on average (a grid
+  of side ``patch`` has at least ``ceil(H / patch) * ceil(W / patch)``
+  cells with pixels); tracers pass."""
+  if isinstance(p, jax.core.Tracer):
+    return
+  cells = -(-size[0] // patch) * -(-size[1] // patch)
+  p_empty = float((1.0 - np.min(np.asarray(p, np.float64))) ** cells)
+  if p_empty > 1.0 - 1.0 / MAX_EXPECTED_DRAWS:
+    least = 1.0 - (1.0 - 1.0 / MAX_EXPECTED_DRAWS) ** (1.0 / cells)
+    raise ValueError(
+        f"p must be >= {least:.3g} for {patch}-pixel cells on {tuple(size)} "
+        f"images (>= {cells} cells: more than {MAX_EXPECTED_DRAWS} draws per "
+        f"non-empty mask otherwise); got {p}, which leaves every cell off "
+        f"with probability {p_empty:.6f}")
 
 
 def is_grid(masks: Masks) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from lapjax.attribution import core
+from lapjax.attribution import core, postprocess
 from lapjax.attribution.compiled import compiled
 from lapjax.classifier import Classifier
 from lapjax.lap.aggregate import aggregate_depth
@@ -83,5 +83,5 @@ def lap_maps(classifier: Classifier, x: jax.Array, targets, *,
                          jnp.asarray(dcs.class_weights()), chosen)
   out = jnp.einsum("nbk,bkhw->nbhw", t.cotangents, per_class)
   if resize:
-    out = core.resize_maps(out, x.shape[1:3], resize_method)
+    out = postprocess.resize(out, x.shape[1:3], resize_method)
   return core.finish(out, t)

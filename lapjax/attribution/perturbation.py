@@ -144,7 +144,8 @@ def rise(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   core.check_positive("num_masks", num_masks)
   core.check_positive("cells", cells)
   if not 0 < p < 1:
-    raise ValueError(f"p must be in (0, 1); got {p}")
+    raise ValueError(f"p must be in (0, 1) (the probability that a mask "
+                     f"cell is kept); got {p}")
   if normalization not in ("paper", "mask_sum"):
     raise ValueError(f"normalization must be 'paper' or 'mask_sum'; got "
                      f"{normalization!r}")
@@ -195,6 +196,10 @@ def relax(classifier: Classifier, x: jax.Array, targets=None, *,
   core.check_finite_images(x)
   core.check_layer(classifier, layer)
   core.check_positive("num_masks", num_masks)
+  core.check_positive("cells", cells)
+  if not 0 < p < 1:
+    raise ValueError(f"p must be in (0, 1) (the probability that a mask "
+                     f"cell is kept); got {p}")
   b, h, w = x.shape[:3]
 
   def embed(images):

@@ -2,7 +2,8 @@
 
 Every function takes maps ``[..., H, W]`` and treats each trailing ``[H, W]``
 slice as one map; none mutates its input. Constant maps never produce NaN:
-normalisations map them to 0.
+normalisations map them to 0. The methods resize and blur with these same
+functions (``core`` imports this module, never the reverse).
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lapjax.attribution.core import resize_maps
-
 EPS = 1e-8
+RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos3")
 
 
-def resize(maps: jax.Array, size: tuple[int, int],
+def resize(maps: jax.Array, size: tuple[int, int] | None,
            method: str = "bilinear") -> jax.Array:
-  """Resizes maps to ``size = (H, W)`` with a named method."""
-  return resize_maps(maps, size, method)
+  """Resizes the last two axes of ``maps`` to ``size = (H, W)`` with a named
+  method (``RESIZE_METHODS``); ``size=None`` keeps them."""
+  if size is None or tuple(maps.shape[-2:]) == tuple(size):
+    return maps
+  if method not in RESIZE_METHODS:
+    raise ValueError(f"resize method must be one of {RESIZE_METHODS}; got "
+                     f"{method!r}")
+  return jax.image.resize(maps, (*maps.shape[:-2], *size), method=method)
 
 
 def relu(maps: jax.Array) -> jax.Array:

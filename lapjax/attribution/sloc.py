@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lapjax.attribution import core
+from lapjax.attribution import checks, core
 from lapjax.attribution import grid_masks as gm
 from lapjax.classifier import Classifier
 
@@ -49,6 +49,10 @@ P_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.2, 0.25, 0.35, 0.45, 0.55, 0.65,
                 0.75, 0.8)
 LOSS_WEIGHTS = (1.0, 0.1, 0.01)   # completeness, smoothness, magnitude
 MONITOR_LEVELS = 11               # SLOC_m quantile levels 0, 0.1, ..., 1
+NON_FINITE_OUTPUTS = ("the model's outputs on the masked inputs (or on x or "
+                      "the baseline) must be finite; got outputs that are "
+                      "not finite (NaN or inf): SLOC's responses would be "
+                      "NaN or inf")
 
 
 # -- the fitting step ---------------------------------------------------------
@@ -111,10 +115,15 @@ def _check_dense_masks(masks: jax.Array, size: tuple[int, int]) -> None:
 
 def _refuse_empty(sizes: jax.Array) -> None:
   """Masks with no pixel on make the completeness term undefined."""
-  if core._is_concrete(sizes) and np.any(np.asarray(sizes) == 0):
-    raise ValueError(f"{int(np.sum(np.asarray(sizes) == 0))} masks have no "
-                     "pixel on; their completeness term is undefined (drop "
-                     "or redraw them)")
+  message = ("masks must have at least one pixel on; got {} masks with no "
+             "pixel on (their completeness term is undefined): drop or "
+             "redraw them")
+  empty = jnp.sum(sizes == 0)
+  if core._is_concrete(sizes):
+    if int(empty):
+      raise ValueError(message.format(int(empty)))
+  else:
+    core.check_traced(empty == 0, message, empty)
 
 
 def _check_fit_inputs(masks, responses, init) -> None:
@@ -125,13 +134,19 @@ def _check_fit_inputs(masks, responses, init) -> None:
   else:
     _check_dense_masks(masks, init.shape)
     n = masks.shape[0]
+  if n < 1:
+    raise ValueError("masks must hold at least one mask (the completeness "
+                     "term is a mean over masks); got 0")
   if responses.shape != (n,):
     raise ValueError(f"responses must be [N] = [{n}] (one per mask); got "
                      f"shape {responses.shape}")
-  if core._is_concrete(responses) and not np.all(
-      np.isfinite(np.asarray(responses))):
-    raise ValueError("responses contain NaN or inf: the model's outputs on "
-                     "the masked inputs are not finite")
+  message = ("responses must be finite; got NaN or inf: the model's "
+             "outputs on the masked inputs are not finite")
+  if core._is_concrete(responses):
+    if not np.all(np.isfinite(np.asarray(responses))):
+      raise ValueError(message)
+  else:
+    core.check_traced(jnp.all(jnp.isfinite(responses)), message)
 
 
 def sloc_fit(masks: gm.Masks, responses: jax.Array, init: jax.Array, *,
@@ -166,7 +181,8 @@ def sloc_fit(masks: gm.Masks, responses: jax.Array, init: jax.Array, *,
   Returns:
     The final map ``[H, W]``, or ``(map, maps [len(snapshots), H, W])``.
     A mask with no pixel on, or a non-finite response, raises a
-    ``ValueError`` on concrete inputs; under ``jit`` it makes the map NaN.
+    ``ValueError`` on concrete inputs; under ``jit`` it makes the map NaN
+    (``checks.jit_checked`` raises the same error).
 
   Adam's normalised steps amplify round-off once the completeness gaps are
   small, so float32 maps of different summation orders (the two paths, or
@@ -223,14 +239,29 @@ def default_patch_sizes(size: tuple[int, int]) -> tuple[int, int]:
 def sample_masks(key: jax.Array, size: tuple[int, int],
                  patch_sizes: Sequence[int], p, num_masks: int
                  ) -> tuple[gm.GridMasks, ...]:
-  """``num_masks`` grid masks per patch size; ``p`` is one probability or
-  one per patch size (may be traced). Patch size ``k`` draws from
-  ``fold_in(key, k)``."""
-  ps = jnp.broadcast_to(jnp.asarray(p, jnp.float32), (len(patch_sizes),))
-  return tuple(
-      gm.sample_grid_masks(jax.random.fold_in(key, k), size, s, ps[k],
-                           num_masks)
-      for k, s in enumerate(patch_sizes))
+  """``num_masks`` grid masks per patch size; ``p`` is one probability, one
+  per patch size, or ``[..., patch sizes]`` for a batch of mask sets (masks
+  ``[..., num_masks, ...]``; may be traced). Patch size ``k`` draws from
+  ``fold_in(key, k)``, mask ``i`` from ``fold_in(fold_in(key, k), i)``
+  whatever the batch (``grid_masks.sample_grid_masks``)."""
+  core.check_positive("num_masks", num_masks)
+  ps = jnp.asarray(p, jnp.float32)
+  if ps.ndim == 0:
+    ps = jnp.broadcast_to(ps, (len(patch_sizes),))
+  if ps.shape[-1] != len(patch_sizes):
+    raise ValueError(f"p must be one probability or one per patch size "
+                     f"({len(patch_sizes)}) on its last axis; got shape "
+                     f"{ps.shape}")
+  batch = ps.shape[:-1]
+  out = []
+  for k, s in enumerate(patch_sizes):
+    base = jax.random.fold_in(key, k)
+    keys = jax.vmap(lambda i, base=base: jax.random.fold_in(base, i))(
+        jnp.arange(num_masks))
+    out.append(gm.sample_grid_masks_batched(
+        jnp.broadcast_to(keys, (*batch, num_masks)), size, s,
+        ps[..., k, None]))
+  return tuple(out)
 
 
 class _Problem(NamedTuple):
@@ -292,6 +323,7 @@ def _response_spread(classifier: Classifier, problem: _Problem,
   """``[P, patch sizes, candidates]``: standard deviation (ddof 1) of the
   responses to ``num_masks`` masks at each candidate ``p``. Candidate ``c``
   of patch size ``k`` draws from ``fold_in(fold_in(key, c), k)``."""
+  check_tune_masks(num_masks)
   for cand in candidates:
     gm.check_p(cand)
   size = problem.x.shape[1:3]
@@ -299,9 +331,11 @@ def _response_spread(classifier: Classifier, problem: _Problem,
   cands = jnp.asarray(candidates, jnp.float32)
   out = []
   for k, s in enumerate(patch_sizes):
-    masks = jax.vmap(lambda c, s=s, k=k: gm.sample_grid_masks(
-        jax.random.fold_in(jax.random.fold_in(key, c), k), size, s, cands[c],
-        num_masks))(jnp.arange(n_c))                  # [n_c, N, ...]
+    keys = jax.vmap(lambda c, k=k: jax.vmap(
+        lambda i: jax.random.fold_in(jax.random.fold_in(
+            jax.random.fold_in(key, c), k), i))(jnp.arange(num_masks)))(
+                jnp.arange(n_c))                      # [n_c, N]
+    masks = gm.sample_grid_masks_batched(keys, size, s, cands[:, None])
     joined = jax.tree.map(lambda v: jnp.broadcast_to(
         v.reshape(n_c * num_masks, *v.shape[2:]),
         (pairs, n_c * num_masks, *v.shape[2:])), masks)
@@ -309,6 +343,14 @@ def _response_spread(classifier: Classifier, problem: _Problem,
     out.append(jnp.std(scores.reshape(pairs, n_c, num_masks), axis=-1,
                        ddof=1))
   return jnp.stack(out, axis=1)
+
+
+def check_tune_masks(tune_masks: int) -> None:
+  """The spread is a standard deviation with ddof 1: it needs two masks."""
+  if int(tune_masks) < 2:
+    raise ValueError(f"tune_masks must be >= 2 (p is tuned on the standard "
+                     f"deviation, ddof 1, of the responses); got "
+                     f"{tune_masks}")
 
 
 def tune_p(classifier: Classifier, problem: _Problem, key: jax.Array, *,
@@ -411,8 +453,9 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   Returns:
     ``[B, H, W]`` (or ``[B, C', H, W]``) signed, unnormalised maps at input
     resolution. A model whose outputs are not finite raises a
-    ``ValueError``; under an outer ``jit`` the maps are NaN instead. A model
-    whose response to every mask is the same gives a zero map.
+    ``ValueError``; under an outer ``jit`` the maps are NaN instead, and
+    ``checks.jit_checked`` raises the same error. A model whose response to
+    every mask is the same gives a zero map.
 
   References:
     "Soft Local Completeness: Rethinking Completeness in XAI" (paper 004).
@@ -421,8 +464,11 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
   if path not in ("structured", "dense"):
     raise ValueError(f"path must be 'structured' or 'dense'; got {path!r}")
   core.check_positive("num_masks", num_masks)
-  core.check_positive("tune_masks", tune_masks)
+  if p is None and masks is None:
+    check_tune_masks(tune_masks)
   core.check_positive("steps", steps)
+  if core._is_concrete(x):
+    checks.warn_suspect_inputs(classifier, x)
   size = x.shape[1:3]
   patch_sizes = tuple(int(s) for s in
                       (patch_sizes or default_patch_sizes(size)))
@@ -434,8 +480,13 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
     p = tuple(float(v) for v in np.broadcast_to(np.asarray(p, np.float32),
                                                 (len(patch_sizes),)))
     gm.check_p(p)
+    for s, ps in zip(patch_sizes, p):
+      gm.check_p_for_grid(ps, size, s)
   for cand in p_candidates:
     gm.check_p(cand)
+    if p is None and masks is None:
+      for s in patch_sizes:
+        gm.check_p_for_grid(cand, size, s)
   if masks is not None:
     masks = jnp.asarray(masks)
     _check_dense_masks(masks, size)
@@ -453,9 +504,7 @@ def sloc(classifier: Classifier, x: jax.Array, targets, *, key: jax.Array,
       weights=tuple(weights), path=path, snapshots=snaps,
       chunk_size=chunk_size)
   if core._is_concrete(finite) and not bool(finite):
-    raise ValueError("the model's outputs on the masked inputs (or on x or "
-                     "the baseline) are not finite: SLOC's responses would "
-                     "be NaN or inf")
+    raise ValueError(NON_FINITE_OUTPUTS)
   return core.finish(maps.reshape(t.cotangents.shape[0], *x.shape[:3]), t)
 
 
@@ -489,10 +538,11 @@ def _sloc(classifier: Classifier, x, base, cot, key, masks, *, response, p,
                       chunk_size=chunk_size)                   # [P, S]
     else:
       chosen = jnp.broadcast_to(jnp.asarray(p), (pairs, len(patch_sizes)))
-    fit_masks = jax.vmap(lambda pp: sample_masks(
-        k_masks, size, patch_sizes, pp, num_masks))(chosen)
+    fit_masks = sample_masks(k_masks, size, patch_sizes, chosen, num_masks)
     raw = _grid_scores(classifier, problem, fit_masks, chunk_size)
   responses = (raw - ends[1][:, None]) * scale                 # [P, N]
+  finite = jnp.all(jnp.isfinite(responses)) & jnp.all(jnp.isfinite(total))
+  core.check_traced(finite, NON_FINITE_OUTPUTS)     # before sloc_fit's own
   init = jax.vmap(lambda s: initial_map(k_init, size, s))(total)
   fit = functools.partial(sloc_fit, steps=steps, learning_rate=learning_rate,
                           lr_decay=lr_decay, weights=weights,
@@ -504,7 +554,6 @@ def _sloc(classifier: Classifier, x, base, cot, key, masks, *, response, p,
     out = jax.lax.map(lambda a: fit(*a), (fit_masks, responses, init))
   else:
     out = jax.vmap(fit)(fit_masks, responses, init)
-  finite = jnp.all(jnp.isfinite(responses)) & jnp.all(jnp.isfinite(total))
   if not snapshots:
     return out, finite
   history = out[1]
@@ -547,6 +596,7 @@ def calibrate_p(classifier: Classifier, x: jax.Array, targets, *,
     One ``p`` per patch size, for ``sloc_xp(..., p=...)``.
   """
   x, t = core.prepare(classifier, x, targets)
+  check_tune_masks(tune_masks)
   problem = _make_problem(x, t, baseline, 5.0, response)
   patch_sizes = tuple(patch_sizes or default_patch_sizes(x.shape[1:3]))
   spread = _response_spread(classifier, problem, key,

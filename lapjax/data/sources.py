@@ -58,6 +58,54 @@ class ClueSource:
     return self._render(indices)
 
 
+def check_labels(labels: np.ndarray, num_classes: int, *, dataset: str,
+                 indices: np.ndarray | None = None) -> None:
+  """Raises ValueError unless every label is an integer in
+  ``[0, num_classes)``, naming the dataset and the first offending value.
+
+  Out-of-range labels do not fail by themselves downstream: ``-1`` (a
+  common "unlabelled" marker) indexes class ``K - 1`` in NumPy, one-hot
+  targets of too large a label are all zero, and the cross-entropy of
+  either is NaN or wrong without an error.
+  """
+  labels = np.asarray(labels)
+  if not (np.issubdtype(labels.dtype, np.integer)
+          or labels.dtype == np.bool_):
+    raise ValueError(f"dataset {dataset!r}: labels must be integers; got "
+                     f"dtype {labels.dtype}")
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    i = int(bad[0])
+    where = f"example {int(np.asarray(indices)[i])}" \
+        if indices is not None else f"batch row {i}"
+    raise ValueError(
+        f"dataset {dataset!r}: label {labels[i].item()} of {where} is "
+        f"outside [0, {num_classes}) ({bad.size} such labels in this "
+        "batch); relabel the data or fix data.num_clue_classes / the "
+        "dataset's class count")
+
+
+class LabelChecked:
+  """A source whose every ``get`` checks its labels (``check_labels``):
+  a NumPy min/max per batch, so a bad label fails where it is read.
+
+  Attributes of the wrapped source remain reachable."""
+
+  def __init__(self, source, num_classes: int, *, dataset: str):
+    self.source, self.num_classes, self.dataset = source, num_classes, dataset
+    self.num_examples = source.num_examples
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    batch = self.source.get(indices)
+    if "label" in batch:
+      check_labels(batch["label"], self.num_classes, dataset=self.dataset,
+                   indices=indices)
+    return batch
+
+  def __getattr__(self, name):
+    return getattr(self.source, name)
+
+
 def clues_config(data_config: Mapping) -> clues.CluesConfig:
   """The ``CluesConfig`` described by a ``config.data`` block."""
   return clues.CluesConfig(
@@ -96,7 +144,8 @@ def make_source(data_config: Mapping, split: str):
   ``'tfds:<dataset name>'`` for a tensorflow-datasets dataset.
 
   Returns:
-    ``(source, info)``, ``info`` as in ``data_info``.
+    ``(source, info)``, ``info`` as in ``data_info``; the source checks the
+    labels of every batch it returns (``LabelChecked``).
   """
   info = data_info(data_config)
   name = data_config["name"]
@@ -106,10 +155,13 @@ def make_source(data_config: Mapping, split: str):
   if split not in sizes:
     raise ValueError(f"split must be one of {sorted(sizes)}; got {split!r}")
   if name == "clues":
-    return ClueSource(clues_config(data_config), split, sizes[split],
-                      seed=data_config["seed"]), info
-  from lapjax.data import tfds
-  return tfds.TfdsSource(
-      name[len("tfds:"):], split=data_config["tfds_splits"][split],
-      image_size=tuple(data_config["image_size"]),
-      data_dir=data_config["data_dir"], max_examples=sizes[split]), info
+    source = ClueSource(clues_config(data_config), split, sizes[split],
+                        seed=data_config["seed"])
+  else:
+    from lapjax.data import tfds
+    source = tfds.TfdsSource(
+        name[len("tfds:"):], split=data_config["tfds_splits"][split],
+        image_size=tuple(data_config["image_size"]),
+        data_dir=data_config["data_dir"], max_examples=sizes[split])
+  return LabelChecked(source, info["num_classes"],
+                      dataset=f"{name} ({split})"), info

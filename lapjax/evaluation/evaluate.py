@@ -28,9 +28,17 @@ from lapjax.evaluation.lap_report import lap_evaluation
 from lapjax.evaluation.methods import standard_methods
 from lapjax.evaluation.report import write_report
 from lapjax.evaluation.saliency_report import saliency_evaluation
-from lapjax.metrics import classification_summary, nan_summary
+from lapjax.metrics import (
+  CONSTANT_MAP,
+  EMPTY_MASK,
+  FULL_MASK,
+  NONFINITE_MAP,
+  classification_summary,
+  nan_summary,
+  validity,
+)
 from lapjax.metrics.sanity import cascading_randomization
-from lapjax.train.config import BASELINES
+from lapjax.train.config import BASELINES, validate
 from lapjax.train.config import load_run_config as load_config
 from lapjax.train.loop import (
   dc_membership,
@@ -40,6 +48,8 @@ from lapjax.train.loop import (
 )
 
 NUM_FIGURE_IMAGES = 24
+# Localisation-table metrics of the map alone: no mask, no "miss".
+MAP_ONLY_METRICS = ("sparseness",)
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
@@ -61,6 +71,8 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   """
   workdir = os.path.abspath(workdir)
   config = load_config(workdir) if config is None else config
+  validate(config)
+  check_method_names(config, sources.data_info(config.data))
   model, state, info = load_state(config, workdir)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   source, _ = sources.make_source(config.data, split)
@@ -106,6 +118,43 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   return report
 
 
+def check_method_names(config: ml_collections.ConfigDict,
+                       info: dict[str, Any]) -> None:
+  """Raises ValueError, before any work, for names in
+  ``config.evaluation.methods`` or ``sanity_methods`` that
+  ``standard_methods`` does not define for this run (``lap``, ``lap1``, ...
+  exist for LAP runs only)."""
+  e = config.evaluation
+  lap_layers = lap_map_layers(config)
+  table = standard_methods(
+      e.layer, key=jax.random.key(0), image_size=info["image_shape"][0],
+      sloc_p=(0.5,), lap_layers=lap_layers,
+      dcs=lap.dc_system(dc_membership(info)) if lap_layers else None)
+  for field in ("methods", "sanity_methods"):
+    unknown = [m for m in e[field] if m not in table]
+    if unknown:
+      raise ValueError(f"unknown config.evaluation.{field} {unknown}; "
+                       f"available: {sorted(table)}")
+
+
+def _scores(maps: np.ndarray, masks: np.ndarray
+            ) -> tuple[dict[str, Any], dict[str, int]]:
+  """Every localisation metric's summary (``nan_summary`` with the
+  invalid / undefined split and the worst-case mean) and the map status
+  counts of one method."""
+  codes = np.asarray(validity(maps, masks))
+  summaries = {}
+  for metric, v in explanations.localization_scores(maps, masks).items():
+    # Sparseness needs no mask and has no "miss": plain summary.
+    summaries[metric] = nan_summary(v) if metric in MAP_ONLY_METRICS \
+        else nan_summary(v, codes, worst=0.0)
+  status = {"usable_masks": int(np.sum((codes != EMPTY_MASK)
+                                       & (codes != FULL_MASK))),
+            "constant_maps": int(np.sum(codes == CONSTANT_MAP)),
+            "nonfinite_maps": int(np.sum(codes == NONFINITE_MAP))}
+  return summaries, status
+
+
 def _explanation_report(config, model, variables, source, workdir,
                         info: dict[str, Any], logits: np.ndarray
                         ) -> dict[str, Any]:
@@ -135,16 +184,12 @@ def _explanation_report(config, model, variables, source, workdir,
                            lap_layers=lap_layers,
                            dcs=lap.dc_system(dc_membership(info)),
                            lap_decay=config.lap.decay)
-  unknown = [m for m in e.methods if m not in table]
-  if unknown:
-    raise ValueError(f"unknown config.evaluation.methods {unknown}; "
-                     f"available: {sorted(table)}")
   methods = {m: table[m] for m in e.methods}
   maps = explanations.explain(clf, guided, batch["image"], batch["label"],
                               methods)
-  scores = {name: {metric: nan_summary(v) for metric, v in
-                   explanations.localization_scores(m, batch["mask"]).items()}
-            for name, m in maps.items()}
+  scores, map_status = {}, {}
+  for name, m in maps.items():
+    scores[name], map_status[name] = _scores(m, batch["mask"])
   faithfulness = _faithfulness_report(clf, batch, logits[:n], maps, e, key,
                                       baseline)
   if sloc_p is not None:
@@ -174,7 +219,7 @@ def _explanation_report(config, model, variables, source, workdir,
                        for s, c in curves.items()}}
   viz.sanity_curves(sanity, os.path.join(workdir, "sanity.png"))
   return {"explanations": {"n_images": int(n), "targets": "true class",
-                           "scores": scores},
+                           "scores": scores, "map_status": map_status},
           "faithfulness": faithfulness,
           "sanity": sanity}
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from lapjax import metrics
 from lapjax.attribution import postprocess
+from lapjax.attribution.checks import jit_checked
 from lapjax.classifier import Classifier
 from lapjax.evaluation.methods import Method
 
@@ -88,13 +89,33 @@ def explain(classifier: Classifier, guided: Classifier,
             methods: dict[str, Method], *, batch_size: int = 32
             ) -> dict[str, np.ndarray]:
   """Maps ``[N, H, W]`` of every method for the given labels (jitted,
-  ``batch_size`` images per call)."""
+  ``batch_size`` images per call).
+
+  The methods' input checks hold under this ``jit`` (``jit_checked``):
+  non-finite images, labels outside ``[0, K)`` or SLOC's non-finite model
+  outputs raise a ``ValueError`` naming the method and the batch, and so do
+  maps that are not finite, instead of NaN or all-zero maps in the report.
+  """
   out = {}
   for name, m in methods.items():
     clf = guided if m.guided else classifier
-    f = jax.jit(lambda x, t, m=m, clf=clf: m.fn(clf, x, t, **m.kwargs))
-    out[name] = np.concatenate([
-        np.asarray(f(jnp.asarray(images[i:i + batch_size]),
-                     jnp.asarray(labels[i:i + batch_size], jnp.int32)))
-        for i in range(0, len(images), batch_size)])
+    f = jit_checked(lambda x, t, m=m, clf=clf: m.fn(clf, x, t, **m.kwargs))
+    batches = []
+    for i in range(0, len(images), batch_size):
+      last = min(i + batch_size, len(images)) - 1
+      where = f"method {name!r}, images {i} to {last}"
+      try:
+        maps = np.asarray(f(jnp.asarray(images[i:i + batch_size]),
+                            jnp.asarray(labels[i:i + batch_size],
+                                        jnp.int32)))
+      except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+      bad = np.flatnonzero(~np.isfinite(maps).reshape(len(maps), -1).all(1))
+      if len(bad):
+        raise ValueError(
+            f"{where}: maps must be finite; got NaN or inf in the maps of "
+            f"images {(i + bad[:8]).tolist()} (is the model's output "
+            "finite on them?)")
+      batches.append(maps)
+    out[name] = np.concatenate(batches)
   return out

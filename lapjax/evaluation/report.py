@@ -1,10 +1,15 @@
-"""``report.json`` and ``report.md`` of an evaluation run."""
+"""``report.json`` and ``report.md`` of an evaluation run.
+
+Both are replaced atomically (temporary file, then rename). ``report.json``
+is strict JSON: undefined values (NaN, infinities) are ``null``.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
+
+from lapjax.train.run_folder import atomic_write, dumps
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -54,6 +59,7 @@ def _explanation_tables(report: dict[str, Any]) -> list[str]:
     cells = [f"{s['mean']:.3f} ± {s['std']:.3f} (n={s['n']}, NaN={s['nan']})"
              for s in per_metric.values()]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  lines += _failure_tables(ex)
   faith = report.get("faithfulness", {})
   if faith.get("scores"):
     names = list(next(iter(faith["scores"].values())))
@@ -85,12 +91,46 @@ def _explanation_tables(report: dict[str, Any]) -> list[str]:
   return lines
 
 
+def _failure_tables(ex: dict[str, Any]) -> list[str]:
+  """Per method, the maps with no score (all-zero or constant maps,
+  non-finite maps) and the means with those maps scored as misses."""
+  status = ex.get("map_status")
+  if not status:
+    return []
+  lines = ["", "### Maps without a score", "",
+           "Images whose mask is neither empty nor full, per method: maps "
+           "that are constant (e.g. all zero: Grad-CAM after its ReLU when "
+           "the class evidence is negative) are undefined for the rankings, "
+           "non-finite maps are invalid. The means above leave them out; "
+           "the worst case below scores every NaN on these images as a miss "
+           "(0), so a method that fails often is not flattered.", "",
+           "| method | images | constant maps | non-finite maps |",
+           "|---|---|---|---|"]
+  for method, s in status.items():
+    lines.append(f"| {method} | {s['usable_masks']} | {s['constant_maps']} "
+                 f"| {s['nonfinite_maps']} |")
+  worst = {m: {k: v["worst_mean"] for k, v in per.items()
+               if "worst_mean" in v}
+           for m, per in ex["scores"].items()}
+  names = list(next(iter(worst.values())))
+  if not names:
+    return lines
+  lines += ["", "### Worst case (undefined and invalid maps scored as "
+            "misses, 0)", "",
+            "| method | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|"]
+  for method, per in worst.items():
+    lines.append(f"| {method} | " + " | ".join(
+        f"{per[k]:.3f}" for k in names) + " |")
+  return lines
+
+
 def write_report(workdir: str, report: dict[str, Any]) -> tuple[str, str]:
-  """Writes ``report.json`` and ``report.md`` into ``workdir``."""
+  """Writes ``report.json`` (strict JSON, ``null`` for NaN) and
+  ``report.md`` into ``workdir``, each atomically."""
   json_path = os.path.join(workdir, "report.json")
   md_path = os.path.join(workdir, "report.md")
-  with open(json_path, "w") as f:
-    json.dump(report, f, indent=2)
-  with open(md_path, "w") as f:
-    f.write(_markdown(report))
+  markdown = _markdown(report)
+  atomic_write(json_path, dumps(report, indent=2))
+  atomic_write(md_path, markdown)
   return json_path, md_path

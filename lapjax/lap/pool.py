@@ -73,7 +73,8 @@ def importance_pool(x: jax.Array, q: jax.Array, alpha: jax.Array, *,
     wt = jnp.exp(-a2 * jnp.square(qk.max((2, 4), keepdims=True) - qk)) + eps
     num = (wt[..., None] * x.reshape(b, h // s, s, w // s, s, f)).sum((2, 4))
     return num / wt.sum((2, 4))[..., None]
-  pads = jax.lax.padtype_to_pads((h, w), (window, window), (s, s), padding)
+  pads = (jax.lax.padtype_to_pads((h, w), (window, window), (s, s), padding)
+          if isinstance(padding, str) else [tuple(p) for p in padding])
   ho = (h + sum(pads[0]) - window) // s + 1
   wo = (w + sum(pads[1]) - window) // s + 1
 

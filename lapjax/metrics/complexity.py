@@ -17,7 +17,8 @@ def sparseness(maps, *, sign: str = "abs") -> jax.Array:
 
   with ``a`` sorted ascending. 0 for a uniform map, ``1 - 1/n`` for a map with
   a single non-zero pixel. Higher is sparser. NaN for an all-zero map (no
-  mass: undefined), rather than adding a small constant to every pixel.
+  mass: undefined), rather than adding a small constant to every pixel,
+  and for a map holding NaN or infinite values (invalid).
 
   Args:
     maps: ``[B, H, W]``; not modified.
@@ -42,4 +43,5 @@ def sparseness(maps, *, sign: str = "abs") -> jax.Array:
   i = jnp.arange(1, n + 1, dtype=jnp.float32)
   total = a.sum(-1)
   g = ((2 * i - n - 1) * a).sum(-1) / (n * jnp.where(total > 0, total, 1.0))
-  return jnp.where(total > 0, g, jnp.nan)
+  finite = jnp.isfinite(maps).all(axis=(1, 2))
+  return jnp.where((total > 0) & finite, g, jnp.nan)

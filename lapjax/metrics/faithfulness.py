@@ -17,6 +17,9 @@ Conventions shared by every metric here:
   nothing revealed) is included.
 * **Score**: ``'prob'`` (softmax of the explained class), ``'logit'``, or
   ``'accuracy'`` (1 when the explained class is the top-1 class).
+* **Invalid maps**: a map holding NaN or infinite values has no ranking;
+  its curves and scores are NaN (``metrics.validity`` code
+  ``NONFINITE_MAP``), never the finite score of an arbitrary order.
 
 Forward passes run ``chunk_size`` images at a time (``lax.map``), jittable.
 """
@@ -92,6 +95,7 @@ def perturbation_curve(classifier: Classifier, x: jax.Array, maps: jax.Array,
   ``mode='delete'``: the top ``f`` fraction of pixels is set to the
   baseline. ``mode='insert'``: the image starts as the baseline and the top
   ``f`` fraction is revealed. Rank by ``-maps`` for least-relevant-first.
+  Rows of maps holding NaN or infinite values are NaN.
 
   Args:
     classifier: the model.
@@ -125,8 +129,14 @@ def perturbation_curve(classifier: Classifier, x: jax.Array, maps: jax.Array,
       images = jnp.where(top, x[None], base[None])
     return score_images(classifier, images, targets, score)
 
-  return core.chunked_map(chunk, counts,
-                          core.points_per_pass(chunk_size, b)).T
+  curves = core.chunked_map(chunk, counts,
+                            core.points_per_pass(chunk_size, b)).T
+  return jnp.where(_nonfinite(maps)[:, None], jnp.nan, curves)
+
+
+def _nonfinite(maps):
+  """``[B]`` bool: maps holding NaN or infinite values (no ranking)."""
+  return ~jnp.isfinite(maps).all(axis=(1, 2))
 
 
 def positive_negative(classifier: Classifier, x: jax.Array, maps: jax.Array,
@@ -286,9 +296,12 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array,
     to_pixels: maps model inputs to ``[0, 1]`` pixels for ``information``
       (default: identity, clipped).
 
+  Maps holding NaN or infinite values are **invalid**: NaN, flagged in
+  ``invalid`` and counted in ``n_invalid``, not among the skipped.
+
   Returns:
-    ``{'sic', 'aic': [B] (NaN if skipped), 'skipped': [B] bool, 'n_skipped':
-    int}``.
+    ``{'sic', 'aic': [B] (NaN if skipped or invalid), 'skipped', 'invalid':
+    [B] bool, 'n_skipped', 'n_invalid': int}``.
   """
   x = jnp.asarray(x)
   logits = classifier.apply(x)[0]
@@ -324,6 +337,7 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array,
                                                          np.asarray(pred)]
   skipped = (p_clean < min_pred_value) | (start_logits.argmax(-1)
                                           == np.asarray(pred))
+  invalid = np.asarray(_nonfinite(maps))
   convert = to_pixels or (lambda v: np.clip(v, 0, 1))
   info = information(convert(np.asarray(images)))                # [S, B]
   info_clean = information(convert(np.asarray(x)))
@@ -343,7 +357,9 @@ def sic_aic(classifier: Classifier, x: jax.Array, maps: jax.Array,
     order = np.argsort(px, axis=1, kind="stable")
     area = np.trapezoid(np.take_along_axis(py, order, 1),
                         np.take_along_axis(px, order, 1), axis=1)
-    out[name] = np.where(skipped, np.nan, 100.0 * area)
+    out[name] = np.where(skipped | invalid, np.nan, 100.0 * area)
   out["skipped"] = skipped
   out["n_skipped"] = int(skipped.sum())
+  out["invalid"] = invalid
+  out["n_invalid"] = int(invalid.sum())
   return out

@@ -2,10 +2,21 @@
 
 Pure, jittable functions of maps ``[B, H, W]`` and ground-truth masks
 ``[B, H, W] bool``, returning per-example values ``[B]``, higher is better,
-NaN where undefined (empty mask, map with no information); aggregate with
-``nan_summary``, which counts the NaNs. Sign handling is an explicit
-argument of every metric that sums relevance (``sign='positive'`` by
-default: negative relevance outside the mask must not raise a score).
+and NaN where there is no score:
+
+* **invalid**: the map holds a NaN or an infinity (a failed method); every
+  metric is NaN, never a hit or a finite score;
+* **undefined**: an empty mask (nothing to find), a full mask (nothing to
+  miss: every map would score 1), or a map with no information for the
+  metric (a constant map for the rankings, no positive mass for the mass).
+
+``validity`` tells the two apart per example; ``nan_summary`` aggregates the
+defined values and counts the NaNs (separating invalid from undefined when
+given the validity codes), and ``worst_case`` scores the map's failures as
+misses so that a method that fails often is not flattered by the mean.
+Sign handling is an explicit argument of every metric that sums relevance
+(``sign='positive'`` by default: negative relevance outside the mask must
+not raise a score).
 
 Conventions (PITFALLS.md 1-7): ties in rankings are broken by a stable sort
 (lower flat index first), never at random; a constant map has no maximum or
@@ -30,6 +41,12 @@ def _check(maps, masks):
   if masks.dtype != jnp.bool_:
     raise ValueError(f"masks must be bool; got {masks.dtype}")
   return maps.astype(jnp.float32), masks
+
+
+def _no_score(maps, masks):
+  """``[B]`` bool: the cases every ranking or mass metric leaves NaN."""
+  nonfinite = ~jnp.isfinite(maps).all(axis=(1, 2))
+  return nonfinite | ~masks.any(axis=(1, 2)) | masks.all(axis=(1, 2))
 
 
 def _signed(maps, sign: str):
@@ -74,7 +91,8 @@ def pointing_game(maps, masks, *, tolerance: float = 0.0,
   * ``'any'``: a hit if any tied pixel is on target (Quantus, and so the
     LaFAM paper's protocol; lenient).
 
-  Higher is better. NaN for an empty mask or a constant map.
+  Higher is better. NaN for an empty or full mask, a constant map or a
+  non-finite map.
 
   References:
     Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV
@@ -93,16 +111,15 @@ def pointing_game(maps, masks, *, tolerance: float = 0.0,
   else:
     raise ValueError(f"ties must be 'fraction', 'all' or 'any'; got "
                      f"{ties!r}")
-  undefined = ~masks.any(axis=(1, 2)) | _constant(maps)
-  return jnp.where(undefined, jnp.nan, hit)
+  return jnp.where(_no_score(maps, masks) | _constant(maps), jnp.nan, hit)
 
 
 def relevance_mass_accuracy(maps, masks, *,
                             sign: str = "positive") -> jax.Array:
   """Share of the relevance that falls in the mask, in [0, 1] for
-  non-negative relevance. Higher is better. NaN for an empty mask or no
-  relevance. ``sign='all'`` is Arras et al.'s literal formula, which
-  negative relevance outside the mask can inflate.
+  non-negative relevance. Higher is better. NaN for an empty or full mask,
+  no relevance or a non-finite map. ``sign='all'`` is Arras et al.'s
+  literal formula, which negative relevance outside the mask can inflate.
 
   References:
     Arras et al., "CLEVR-XAI", Information Fusion 2022.
@@ -111,7 +128,7 @@ def relevance_mass_accuracy(maps, masks, *,
   r = _signed(maps, sign)
   total = r.sum(axis=(1, 2))
   inside = jnp.where(masks, r, 0).sum(axis=(1, 2))
-  ok = masks.any(axis=(1, 2)) & (total != 0)
+  ok = ~_no_score(maps, masks) & (total != 0)
   return jnp.where(ok, inside / jnp.where(ok, total, 1.0), jnp.nan)
 
 
@@ -127,7 +144,8 @@ def _top_k_inside(maps, masks, k):
 def relevance_rank_accuracy(maps, masks) -> jax.Array:
   """Share of the ``|mask|`` highest-ranked pixels that are in the mask.
 
-  Higher is better. NaN for an empty mask or a constant map.
+  Higher is better. NaN for an empty or full mask, a constant map or a
+  non-finite map.
 
   References:
     Arras et al., "CLEVR-XAI", Information Fusion 2022.
@@ -135,12 +153,13 @@ def relevance_rank_accuracy(maps, masks) -> jax.Array:
   maps, masks = _check(maps, masks)
   k = masks.sum(axis=(1, 2))
   out = _top_k_inside(maps, masks, k)
-  return jnp.where((k == 0) | _constant(maps), jnp.nan, out)
+  return jnp.where(_no_score(maps, masks) | _constant(maps), jnp.nan, out)
 
 
 def top_k_intersection(maps, masks, *, k: int = 1000) -> jax.Array:
   """Share of the ``k`` highest pixels that are in the mask (``k`` capped at
-  ``H * W``). Higher is better. NaN for an empty mask or a constant map.
+  ``H * W``). Higher is better. NaN for an empty or full mask, a constant
+  map or a non-finite map.
 
   References:
     Theiner et al., "Interpretable Semantic Photo Geolocation", WACV 2022.
@@ -148,7 +167,7 @@ def top_k_intersection(maps, masks, *, k: int = 1000) -> jax.Array:
   maps, masks = _check(maps, masks)
   kk = jnp.full(maps.shape[:1], min(int(k), maps.shape[1] * maps.shape[2]))
   out = _top_k_inside(maps, masks, kk)
-  return jnp.where(~masks.any(axis=(1, 2)) | _constant(maps), jnp.nan, out)
+  return jnp.where(_no_score(maps, masks) | _constant(maps), jnp.nan, out)
 
 
 def roc_auc(maps, masks) -> jax.Array:
@@ -156,7 +175,8 @@ def roc_auc(maps, masks) -> jax.Array:
 
   The Mann-Whitney statistic: the probability that a random mask pixel
   scores above a random non-mask pixel, ties counting 1/2 (average ranks).
-  0.5 is chance, higher is better. NaN for an empty or full mask.
+  0.5 is chance, higher is better. NaN for an empty or full mask or a
+  non-finite map.
   """
   maps, masks = _check(maps, masks)
   b = maps.shape[0]
@@ -176,7 +196,7 @@ def roc_auc(maps, masks) -> jax.Array:
   n_pos = lab.sum(-1).astype(jnp.float32)
   n_neg = n - n_pos
   u = jnp.where(lab, ranks, 0).sum(-1) - n_pos * (n_pos + 1) / 2
-  ok = (n_pos > 0) & (n_neg > 0)
+  ok = ~_no_score(maps, masks)
   return jnp.where(ok, u / jnp.where(ok, n_pos * n_neg, 1.0), jnp.nan)
 
 
@@ -224,10 +244,10 @@ def region_attribution(maps, masks, *, blur_sigma: float | None = 2.0,
   The positive part of the map, Gaussian-blurred (11 x 11, sigma 2, so
   diffuse maps are not rewarded; ``blur_sigma=None`` skips the blur), then
   the share of its mass inside the region. Higher is better. NaN for an
-  empty region or no positive relevance.
+  empty or full region, no positive relevance or a non-finite map.
   """
   maps, masks = _check(maps, masks)
-  r = jax.nn.relu(maps)
+  r = jnp.where(jnp.isfinite(maps), jax.nn.relu(maps), jnp.nan)
   if blur_sigma is not None:
     r = postprocess.gaussian_blur(r, sigma=blur_sigma,
                                   kernel_size=kernel_size)
@@ -245,11 +265,16 @@ def learned_threshold(maps, masks, *, alpha: float = 1.0) -> float:
   to max-normalised maps (``binarize_learned``).
 
   Raises:
-    ValueError: no mask pixels, no background pixels, or a decision that
-      does not increase with the map (no usable threshold).
+    ValueError: a non-finite map value, no mask pixels, no background
+      pixels, or a decision that does not increase with the map (no usable
+      threshold).
   """
   maps, masks = _check(maps, masks)
   x = np.asarray(maps, np.float64)
+  if not np.isfinite(x).all():
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=(1, 2)))
+    raise ValueError(f"learned_threshold: maps {bad.tolist()} hold NaN or "
+                     "infinite values")
   x = (x / np.maximum(x.max(axis=(1, 2), keepdims=True), 1e-12)).reshape(-1)
   y = np.asarray(masks).reshape(-1)
   n_pos, n_neg = int(y.sum()), int((~y).sum())
@@ -274,10 +299,107 @@ def binarize_learned(maps, threshold: float) -> jax.Array:
   return maps / peak > threshold
 
 
-def nan_summary(values) -> dict[str, float | int]:
-  """Mean, std and count over the defined values, plus the NaN count."""
+# Validity codes, one per example (``validity``), in order of precedence.
+VALID = 0           # a finite, non-constant map and a partial mask
+NONFINITE_MAP = 1   # invalid: the map holds NaN or infinite values
+EMPTY_MASK = 2      # undefined: nothing to localise
+FULL_MASK = 3       # undefined: nothing to miss
+CONSTANT_MAP = 4    # undefined for rankings: the map has no maximum
+VALIDITY_NAMES = ("valid", "nonfinite_map", "empty_mask", "full_mask",
+                  "constant_map")
+
+
+def validity(maps, masks=None) -> jax.Array:
+  """``[B]`` int32 code telling why an example can have no score.
+
+  The first that applies of ``NONFINITE_MAP`` (1: the map holds NaN or
+  infinite values; *invalid*, the method failed), ``EMPTY_MASK`` (2) and
+  ``FULL_MASK`` (3) (the mask leaves nothing to find or nothing to miss:
+  *undefined* whatever the map), ``CONSTANT_MAP`` (4: an all-zero map, say;
+  *undefined* for the rankings: pointing game, rank accuracy, top-k), else
+  ``VALID`` (0). ``VALIDITY_NAMES[code]`` names a code. A map with no
+  positive mass but not constant is ``VALID`` here and NaN for
+  ``relevance_mass_accuracy``: a NaN score on a ``VALID`` or
+  ``CONSTANT_MAP`` example is the map's failure, counted as undefined.
+
+  Args:
+    maps: ``[B, H, W]`` maps.
+    masks: ``[B, H, W]`` bool masks, or None for map-only metrics
+      (faithfulness, sparseness): then only codes 0, 1 and 4 occur.
+
+  Returns:
+    ``[B]`` int32 codes, jittable.
+
+  Example:
+    >>> import numpy as np
+    >>> maps = np.stack([np.eye(3), np.full((3, 3), np.nan), np.zeros((3, 3))])
+    >>> masks = np.ones((3, 3, 3), bool)
+    >>> masks[:, 0] = False
+    >>> validity(maps, masks).tolist()
+    [0, 1, 4]
+  """
+  if masks is None:
+    maps = jnp.asarray(maps, jnp.float32)
+    if maps.ndim != 3:
+      raise ValueError(f"maps must be [B, H, W]; got shape {maps.shape}")
+  else:
+    maps, masks = _check(maps, masks)
+  code = jnp.where(_constant(maps), CONSTANT_MAP, VALID)
+  if masks is not None:
+    code = jnp.where(masks.all(axis=(1, 2)), FULL_MASK, code)
+    code = jnp.where(~masks.any(axis=(1, 2)), EMPTY_MASK, code)
+  code = jnp.where(~jnp.isfinite(maps).all(axis=(1, 2)), NONFINITE_MAP, code)
+  return code.astype(jnp.int32)
+
+
+def worst_case(values, codes, *, worst: float = 0.0) -> np.ndarray:
+  """Scores with the map's failures counted as misses.
+
+  A NaN value whose example has a usable mask (``codes`` other than
+  ``EMPTY_MASK`` and ``FULL_MASK``: a non-finite map, a constant or
+  all-zero map, no positive mass) becomes ``worst``; NaN from the mask side
+  stays NaN and drops out of the mean, as no map could score there. The mean
+  of the result is the "worst case" column: a method that often returns
+  all-zero maps is not flattered by scoring only its successes.
+
+  Args:
+    values: ``[B]`` per-example scores of one metric (higher is better).
+    codes: ``[B]`` from ``validity`` on the same maps and masks.
+    worst: the score of a miss (0 for every localisation metric here).
+
+  Returns:
+    ``[B]`` float64 NumPy array.
+  """
+  v = np.asarray(values, np.float64).reshape(-1)
+  c = np.asarray(codes).reshape(-1)
+  if v.shape != c.shape:
+    raise ValueError(f"values and codes must have the same length; got "
+                     f"{v.shape} and {c.shape}")
+  map_side = np.isnan(v) & (c != EMPTY_MASK) & (c != FULL_MASK)
+  return np.where(map_side, worst, v)
+
+
+def nan_summary(values, codes=None, *, worst: float = 0.0
+                ) -> dict[str, float | int]:
+  """Mean, std and count over the defined values, plus the NaN count.
+
+  Without ``codes``: ``{'mean', 'std', 'n', 'nan'}``. With ``codes``
+  (``validity`` of the same maps and masks), the NaNs are split into
+  ``'invalid'`` (non-finite maps) and ``'undefined'`` (everything else:
+  empty or full masks, constant maps, no mass), and ``'worst_mean'`` is the
+  mean of ``worst_case(values, codes, worst=worst)`` (NaN if no example
+  has a usable mask).
+  """
   v = np.asarray(values, np.float64).reshape(-1)
   ok = v[~np.isnan(v)]
-  return {"mean": float(ok.mean()) if ok.size else float("nan"),
-          "std": float(ok.std()) if ok.size else float("nan"),
-          "n": int(ok.size), "nan": int(v.size - ok.size)}
+  out = {"mean": float(ok.mean()) if ok.size else float("nan"),
+         "std": float(ok.std()) if ok.size else float("nan"),
+         "n": int(ok.size), "nan": int(v.size - ok.size)}
+  if codes is None:
+    return out
+  c = np.asarray(codes).reshape(-1)
+  invalid = int(np.sum(np.isnan(v) & (c == NONFINITE_MAP)))
+  w = worst_case(v, c, worst=worst)
+  w = w[~np.isnan(w)]
+  return {**out, "invalid": invalid, "undefined": out["nan"] - invalid,
+          "worst_mean": float(w.mean()) if w.size else float("nan")}

@@ -57,11 +57,16 @@ class Layout:
     ignore: regular expressions of checkpoint keys that may stay unused.
     prefix: a prefix that checkpoints of this layout may carry on every key
       (e.g. ``'vit.'`` in HF directories); stripped before matching.
+    head: module paths of the classifier head (``'head'``,
+      ``'classifier'``): with ``import_weights(..., reinit_head=True)``
+      their variables whose shapes differ from the checkpoint's in the last
+      (class) axis only keep their fresh initialisation.
   """
   name: str
-  key: Callable[[VariablePath], "str | Source"]
+  key: Callable[[VariablePath], str | Source]
   ignore: tuple[str, ...] = (r"(^|\.)num_batches_tracked$",)
   prefix: str = ""
+  head: tuple[str, ...] = ("head", "classifier", "fc")
 
 
 @dataclasses.dataclass(frozen=True)

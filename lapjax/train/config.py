@@ -58,10 +58,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500      # steps between Orbax checkpoints (+ at end)
   c.eval_batch_size = 250       # evaluation batch (padded, masked)
   c.multihost = False           # call jax.distributed.initialize() first
+  c.on_nonfinite = "stop"       # a step whose loss, gradients or new state
+  #   are NaN/inf: 'stop' raises NonFiniteError naming the step and the last
+  #   good checkpoint (non-finite states are never saved); 'skip' keeps the
+  #   state of such steps unchanged and counts them (metrics.jsonl
+  #   'nonfinite_steps'). The flag is read when logging or saving, not per
+  #   step. May change on resume.
 
   c.init_from = ml_collections.config_dict.placeholder(str)  # a run folder:
   #   its newest parameters initialise every matching parameter (the whole
   #   backbone of a detached LAP model); selective fine-tuning / post-hoc LAPs
+  c.pretrained = ml_collections.ConfigDict()  # fine-tuning a zoo backbone
+  c.pretrained.path = ml_collections.config_dict.placeholder(str)  # a
+  #   checkpoint file (.pth / .pt / .bin / .safetensors / .npz) of the zoo
+  #   model config.model.name built with config.model.kwargs; a fresh run
+  #   starts from its variables (lapjax.models.load_pretrained), the head
+  #   re-initialised for the data's classes; a resumed run ignores it.
+  #   Setting it also feeds the model images normalised with the card's
+  #   mean and std (lapjax.train.pretrained.Normalized): the model, and so
+  #   evaluate.py and every attribution method, still takes images in [0, 1]
+  c.pretrained.layout = ml_collections.config_dict.placeholder(str)  # the
+  #   checkpoint's naming, a name in the card's layouts ('torchvision',
+  #   'timm', 'hf'); None: the layout that names the checkpoint
   c.trainable = ()              # parameter path prefixes to train (e.g.
   #   ('pool3', 'global_pool', 'block4', 'head')); () trains everything.
   #   Frozen parameters and their BatchNorm statistics stay bit-identical.
@@ -144,6 +162,15 @@ def _paths(config, prefix=""):
 
 # config.evaluation.baseline -> the methods' and metrics' ``baseline``.
 BASELINES = {"zero": 0.0, "blur": "blur"}
+ON_NONFINITE = ("stop", "skip")
+# config.evaluation sizes and their smallest values.
+EVALUATION_SIZES = {"num_images": 1, "figure_images": 0, "ig_steps": 1,
+                    "rise_masks": 1, "smoothgrad_samples": 1,
+                    "sloc_masks": 1, "sloc_steps": 1,
+                    "sloc_calibration_images": 1, "faithfulness_images": 0,
+                    "faithfulness_steps": 1, "sanity_images": 1,
+                    "sanity_keys": 1, "lap_images": 1, "lap_val_images": 1,
+                    "grid_games": 1, "grid_seeds": 1}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -165,12 +192,67 @@ def validate(config: ml_collections.ConfigDict) -> None:
                "eval_batch_size"):
     if int(config[name]) < 1:
       raise ValueError(f"config.{name} must be >= 1; got {config[name]}")
+  for name in ("num_train", "num_validation", "num_test"):
+    if int(config.data[name]) < 1:
+      raise ValueError(f"config.data.{name} must be >= 1 (every split is "
+                       f"used: train, validation accuracy after training, "
+                       f"test report); got {config.data[name]}")
+  if config.on_nonfinite not in ON_NONFINITE:
+    raise ValueError(f"config.on_nonfinite must be one of {ON_NONFINITE}; "
+                     f"got {config.on_nonfinite!r}")
+  _validate_evaluation(config.evaluation)
   _validate_explain_loss(config.explain_loss)
   _validate_lap(config)
+  _validate_pretrained(config)
   if config.evaluation.baseline not in BASELINES:
     raise ValueError(f"config.evaluation.baseline must be one of "
                      f"{tuple(BASELINES)}; got {config.evaluation.baseline!r}")
 
+
+
+def _validate_evaluation(e: ml_collections.ConfigDict) -> None:
+  """Sizes and method lists of ``config.evaluation`` (the method names are
+  checked against the method table by ``lapjax.evaluation``)."""
+  for name, least in EVALUATION_SIZES.items():
+    value = e[name]
+    if int(value) < least:
+      raise ValueError(f"config.evaluation.{name} must be >= "
+                       f"{least}; got {value!r}")
+  if not e.methods:
+    raise ValueError("config.evaluation.methods must name at least one "
+                     "method")
+
+
+def _validate_pretrained(config: ml_collections.ConfigDict) -> None:
+  """``config.pretrained`` needs a zoo model with a card, and excludes
+  ``init_from`` and LAP models (their variables have other paths)."""
+  p = config.pretrained
+  if p.path is None:
+    if p.layout is not None:
+      raise ValueError("config.pretrained.layout is set but "
+                       "config.pretrained.path is not")
+    return
+  if not p.path:
+    raise ValueError("config.pretrained.path is empty: give the checkpoint "
+                     "file of config.model.name, e.g. "
+                     "--config.pretrained.path=/path/to/resnet50.pth")
+  if config.init_from:
+    raise ValueError("config.pretrained and config.init_from both set the "
+                     "initial weights; keep one")
+  if config.lap.mode != "off":
+    raise ValueError("config.pretrained fine-tunes a plain zoo model; it "
+                     "does not combine with config.lap.mode="
+                     f"{config.lap.mode!r}")
+  from lapjax.models import get_card
+
+  try:
+    card = get_card(config.model.name)
+  except ValueError as e:
+    raise ValueError(f"config.pretrained needs a zoo model: {e}") from None
+  if p.layout is not None and p.layout not in card.layouts:
+    raise ValueError(f"config.pretrained.layout must be one of "
+                     f"{sorted(card.layouts)} for model {card.name!r}; got "
+                     f"{p.layout!r}")
 
 
 LAP_MODES = ("off", "plugged", "detached")

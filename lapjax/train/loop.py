@@ -9,6 +9,20 @@ images/s; metrics as JSON lines in ``workdir/metrics.jsonl``.
 Resuming is exact: training batch ``s`` and the key of step ``s`` are pure
 functions of ``(seed, s)``, so a run interrupted and resumed ends with the
 parameters of an uninterrupted run (tested bit for bit).
+
+Non-finite steps: every step flags a non-finite loss, gradient or new state
+(``train_step``'s ``nonfinite`` metric, no host sync per step); the host
+reads the flags only when it logs or saves. With
+``config.on_nonfinite='stop'`` (default) the run stops with a
+``NonFiniteError`` naming the step and the last good checkpoint, and never
+saves a non-finite state; with ``'skip'`` such steps leave the state as it
+was and are counted (``nonfinite_steps`` in ``metrics.jsonl``).
+
+The loss terms live in ``lapjax.train.objectives``; the run folder's plain
+files in ``lapjax.train.run_folder``. For tests of crash recovery, the
+environment variable ``LAPJAX_KILL_AFTER_CHECKPOINT=<step>`` makes the
+process kill itself (SIGKILL) right after the checkpoint of that step is
+written.
 """
 
 from __future__ import annotations
@@ -16,9 +30,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
+import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,37 +42,49 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import tqdm
 
-from lapjax import explain_loss, lap
-from lapjax.classifier import apply_tapped, from_flax
+from lapjax import lap
 from lapjax.data import batching, sources
 from lapjax.data import boxes as boxes_lib
 from lapjax.models import create_model
-from lapjax.train import checkpoint, sharding
-from lapjax.train.config import lap_objective, load_run_config, validate
+from lapjax.train import checkpoint, pretrained, run_folder, sharding
+from lapjax.train.config import ON_NONFINITE, load_run_config, validate
+from lapjax.train.objectives import (
+  ExplainLoss,
+  LAPTraining,
+  cross_entropy_loss,
+  dc_membership,
+  training_loss,
+)
 from lapjax.train.state import TrainState, create_train_state
 
-# Fields that may change when a run resumes (the rest must match).
-RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
-                     "eval_batch_size", "evaluation")
+__all__ = ["ExplainLoss", "LAPTraining", "NonFiniteError", "build_model",
+           "cross_entropy_loss", "dc_membership", "graft", "init_from_run",
+           "lap_map_layers", "load_state", "make_optimizer",
+           "make_train_step", "predict", "train_and_evaluate", "train_step",
+           "trainable_mask", "trainable_prefixes"]
+
+KILL_AFTER_CHECKPOINT = "LAPJAX_KILL_AFTER_CHECKPOINT"
 
 
-def dc_membership(info: dict[str, Any]) -> np.ndarray:
-  """The data's DC system (one-vs-others without BGO when it has none)."""
-  if "dc_membership" in info:
-    return np.asarray(info["dc_membership"])
-  return lap.one_vs_others(info["num_classes"]).membership
+class NonFiniteError(FloatingPointError):
+  """A training step produced a non-finite loss, gradient or state."""
 
 
 def build_model(config: ml_collections.ConfigDict, info: dict[str, Any]
                 ) -> nn.Module:
-  """The model of ``config.model``, LAP-extended as ``config.lap`` says."""
+  """The model of ``config.model``, LAP-extended as ``config.lap`` says;
+  with ``config.pretrained``, behind its card's input normalisation."""
   kwargs = dict(config.model.kwargs)
   c = config.lap
   if c.mode == "off":
-    return create_model(config.model.name, num_classes=info["num_classes"],
-                        **kwargs)
+    model = create_model(config.model.name, num_classes=info["num_classes"],
+                         **kwargs)
+    if config.pretrained.path is not None:
+      model = pretrained.normalized(config, model)
+    return model
   num_dcs = dc_membership(info).shape[0]
   if c.mode == "plugged":
     spec = lap.LAPSpec(tuple(c.places), num_dcs,
@@ -135,54 +163,18 @@ def make_optimizer(config: ml_collections.ConfigDict
   return tx, schedule
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
-                       probabilities: str = "softmax") -> jax.Array:
-  """``[B, K], [B] -> []``: mean softmax cross-entropy, or with
-  ``probabilities='sigmoid'`` binary cross-entropy of one sigmoid per class
-  against the one-hot labels, averaged over classes and batch (PyTorch's
-  ``BCEWithLogitsLoss``)."""
-  if probabilities not in explain_loss.PROBABILITIES:
-    raise ValueError(f"probabilities must be one of "
-                     f"{explain_loss.PROBABILITIES}; got {probabilities!r}")
-  if probabilities == "sigmoid":
-    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    return optax.sigmoid_binary_cross_entropy(logits, onehot).mean()
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-class ExplainLoss(NamedTuple):
-  """The explanation term of the loss (``config.explain_loss``), hashable."""
-  kind: str
-  alpha: float
-  layer: str
-  top_k: float
-  reading: str
-  temperature: float
-  statistics: str = "batch"
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict
-                  ) -> ExplainLoss | None:
-    e = config.explain_loss
-    if e.type == "cross_entropy":
-      return None
-    return cls(e.type, float(e.alpha), e.layer, float(e.top_k), e.reading,
-               float(e.temperature), e.statistics)
-
-
-class LAPTraining(NamedTuple):
-  """The LAP terms of the loss (``config.lap``), hashable."""
-  objective: lap.LAPObjective
-  detached: bool                 # no classification loss (frozen backbone)
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict,
-                  info: dict[str, Any], expert_gamma_iar: float | None = None
-                  ) -> LAPTraining | None:
-    if config.lap.mode == "off":
-      return None
-    return cls(lap_objective(config, dc_membership(info), expert_gamma_iar),
-               config.lap.mode == "detached")
+def check_trainable(params: Any, prefixes: tuple[str, ...]) -> None:
+  """Raises ValueError if a prefix of ``config.trainable`` matches no
+  parameter (the model would silently train nothing there)."""
+  names = ["/".join(str(getattr(k, "key", k)) for k in path)
+           for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  unmatched = [p for p in prefixes
+               if not any(n == p or n.startswith(p + "/") for n in names)]
+  if unmatched:
+    raise ValueError(
+        f"config.trainable prefixes {unmatched} match no parameter; the "
+        f"model's top-level parameter names are {sorted(params)} (nested "
+        "names are joined with '/', e.g. 'block2/unit0')")
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
@@ -190,81 +182,66 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                explain: ExplainLoss | None = None,
                lap_terms: LAPTraining | None = None,
                trainable: tuple[str, ...] = (),
-               probabilities: str = "softmax"
+               probabilities: str = "softmax",
+               on_nonfinite: str = "stop"
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a (global) batch; returns the new state, metrics.
 
-  ``probabilities`` (``config.probabilities``): the classification loss
-  (``cross_entropy_loss``) and the explanation loss's ``prob_*`` scores.
+  The loss is ``objectives.training_loss`` (classification, and the
+  ``explain`` and ``lap_terms`` terms; see there). With ``trainable``
+  (``trainable_prefixes``), BatchNorm statistics outside those prefixes are
+  kept as they were (the optimiser already freezes the parameters).
 
-  With ``explain``, the loss adds ``alpha * L_exp`` (``explain_loss``):
-  with ``statistics='batch'`` its Grad-CAM differentiates the tapped layer
-  of the training forward pass itself (BatchNorm on the batch's
-  statistics, one forward pass, as the paper's ``create_graph`` Grad-CAM);
-  with ``'running'`` it runs a second, inference-mode pass (exactly the
-  Grad-CAM lapjax computes for the current parameters). With
-  ``lap_terms``, it adds the LAP objective of the maps the model records
-  (and, for detached LAPs, drops the classification loss, which no
-  trainable parameter affects); the terms add up. With ``trainable``
-  (``trainable_prefixes``), BatchNorm statistics outside those prefixes
-  are kept as they were (the optimiser already freezes the parameters).
+  The metrics hold ``loss``, ``accuracy``, ``grad_norm`` (global L2 norm of
+  the gradients), ``nonfinite`` (1.0 when the loss, a gradient or the new
+  parameters or BatchNorm statistics are not finite, else 0.0) and, with
+  ``explain`` or ``lap_terms``, each term. ``on_nonfinite``
+  (``config.on_nonfinite``): ``'stop'`` applies every step (the loop
+  stops on the flag); ``'skip'`` keeps the parameters, BatchNorm
+  statistics and optimiser state of a non-finite step as they were (the
+  step counter still advances, so the next step sees the next batch) and
+  zeroes its other metrics, so that only the flag counts it.
   """
-  mutable = ["batch_stats"] + (["lap"] if lap_terms is not None else [])
-  tapped = explain is not None and explain.statistics == "batch"
-
-  def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    kwargs = dict(train=True, mutable=mutable,
-                  rngs={"dropout": state.step_key()})
-    if tapped:
-      def forward(delta):
-        (logits, updates), feats = apply_tapped(
-            model, variables, batch["image"], layers=[explain.layer],
-            deltas=None if delta is None else {explain.layer: delta},
-            **kwargs)
-        return logits, (feats[explain.layer], updates)
-
-      zeros = jax.eval_shape(lambda: forward(None)[1][0])
-      heat, logits, updates = explain_loss.heatmap_from_forward(
-          forward, jnp.zeros(zeros.shape, zeros.dtype), explain.kind,
-          positive=batch["label"], negative=0, probabilities=probabilities)
-    else:
-      logits, updates = model.apply(variables, batch["image"], **kwargs)
-    ce = cross_entropy_loss(logits, batch["label"], probabilities)
-    parts = {"cross_entropy": ce}
-    detached = lap_terms is not None and lap_terms.detached
-    loss = jnp.zeros(()) if detached else ce
-    if lap_terms is not None:
-      maps, disc = lap.lap_outputs(updates["lap"])
-      lap_loss, lap_parts = lap_terms.objective(
-          maps, disc, batch["label"], batch.get("box_mask"))
-      parts.update(lap_parts)
-      loss = loss + lap_loss
-    if explain is not None:
-      if not tapped:
-        heat, _ = explain_loss.grad_cam_heatmap(
-            from_flax(model, variables, layers=[explain.layer]),
-            batch["image"], explain.layer, explain.kind,
-            positive=batch["label"], negative=0, probabilities=probabilities)
-      parts["explain"] = explain_loss.training_loss(
-          heat, batch, fraction=explain.top_k, reading=explain.reading,
-          temperature=explain.temperature)
-      loss = loss + explain.alpha * parts["explain"]
-    return loss, (logits, updates.get("batch_stats", {}), parts)
-
+  if on_nonfinite not in ON_NONFINITE:
+    raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}; got "
+                     f"{on_nonfinite!r}")
+  loss_fn = functools.partial(training_loss, model=model, explain=explain,
+                              lap_terms=lap_terms,
+                              probabilities=probabilities)
   (loss, (logits, batch_stats, parts)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+      loss_fn, has_aux=True)(state.params, state.batch_stats, batch,
+                             state.step_key())
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   if trainable:
     keep = trainable_mask(batch_stats, trainable)
     batch_stats = jax.tree.map(lambda k, new, old: new if k else old, keep,
                                batch_stats, state.batch_stats)
-  new_state = state.replace(step=state.step + 1,
-                            params=optax.apply_updates(state.params, updates),
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & _all_finite((grads, params, batch_stats))
+  if on_nonfinite == "skip":
+    def select(new, old):
+      return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params = select(params, state.params)
+    batch_stats = select(batch_stats, state.batch_stats)
+    opt_state = select(opt_state, state.opt_state)
+  new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   extra = parts if explain is not None or lap_terms is not None else {}
-  return new_state, {"loss": loss, "accuracy": accuracy, **extra}
+  metrics = {"loss": loss, "accuracy": accuracy,
+             "grad_norm": optax.tree.norm(grads), **extra}
+  if on_nonfinite == "skip":
+    metrics = {k: jnp.where(finite, v, jnp.zeros_like(v))
+               for k, v in metrics.items()}
+  metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+  return new_state, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  """Bool scalar: every floating-point leaf of ``tree`` is finite."""
+  flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(flags).all() if flags else jnp.array(True)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
@@ -272,13 +249,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     explain: ExplainLoss | None = None,
                     lap_terms: LAPTraining | None = None,
                     trainable: tuple[str, ...] = (),
-                    probabilities: str = "softmax"):
+                    probabilities: str = "softmax",
+                    on_nonfinite: str = "stop"):
   """``train_step`` jitted over ``mesh``: batch split on 'data', state
   replicated, the input state donated."""
   return jax.jit(
       functools.partial(train_step, model=model, tx=tx, explain=explain,
                         lap_terms=lap_terms, trainable=trainable,
-                        probabilities=probabilities),
+                        probabilities=probabilities,
+                        on_nonfinite=on_nonfinite),
       in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
       out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
       donate_argnums=0)
@@ -311,34 +290,6 @@ def predict(state: TrainState, model: nn.Module, source: batching.Source,
   return np.concatenate(logits), np.concatenate(labels)
 
 
-def _check_resume_config(workdir: str, config: ml_collections.ConfigDict
-                         ) -> None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  now = json.loads(config.to_json_best_effort())
-  diff = [k for k in sorted(set(saved) | set(now))
-          if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)]
-  if diff:
-    raise ValueError(
-        f"workdir {workdir} holds a run with a different config (fields "
-        f"{diff} differ from {path}); use a new --workdir, or only change "
-        f"{list(RESUMABLE_CHANGES)} when resuming")
-
-
-def _truncate_metrics(path: str, after_step: int) -> None:
-  """Drops metric lines past the restored step (written before a crash)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [ln for ln in f if ln.strip()
-             and json.loads(ln).get("step", 0) <= after_step]
-  with open(path, "w") as f:
-    f.writelines(lines)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        progress: bool = True) -> TrainState:
   """Trains the model of ``config`` in ``workdir``, resuming if possible.
@@ -350,13 +301,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     The final ``TrainState`` (also checkpointed).
+
+  Raises:
+    NonFiniteError: with ``config.on_nonfinite='stop'``, a step's loss,
+      gradients or new state are not finite; the message names the step and
+      the last good checkpoint (nothing later is saved).
+    ValueError: a bad config, a resume with another config, or a run
+      folder with checkpoints but no ``config.json``.
   """
   validate(config)
   if config.multihost:
     jax.distributed.initialize()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  _check_resume_config(workdir, config)
+  run_folder.check_resume_config(
+      workdir, config,
+      has_checkpoint=checkpoint.latest_step(workdir) is not None)
 
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
@@ -367,6 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx, schedule = make_optimizer(config)
   state = create_train_state(model, tx, jax.random.key(config.seed),
                              info["image_shape"])
+  check_trainable(state.params, tuple(config.trainable))
   if config.lap.mode == "plugged":
     lap.extend.check_places(model.pool, [
         name for name, sub in state.params.items()
@@ -378,15 +339,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if manager.latest_step() is not None:
     state = checkpoint.restore(manager, jax.device_put(
         state, sharding.replicated(mesh)))
-    _truncate_metrics(metrics_path, int(state.step))
+    unreadable = [s for s in manager.all_steps() if s > int(state.step)]
+    if unreadable and jax.process_index() == 0:
+      moved = checkpoint.set_aside(manager, unreadable)
+      warnings.warn(f"resuming from step {int(state.step)}; the unreadable "
+                    f"checkpoint(s) {unreadable} were moved to {moved}",
+                    stacklevel=2)
+    if jax.process_index() == 0:
+      run_folder.truncate_metrics(metrics_path, int(state.step))
   elif config.init_from:
     state = init_from_run(state, tx, config.init_from,
                           into="backbone" if config.lap.mode == "detached"
                           else None)
+  elif config.pretrained.path is not None:
+    state = pretrained.init_from_pretrained(
+        state, tx, config, num_classes=info["num_classes"])
   state = jax.device_put(state, sharding.replicated(mesh))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    run_folder.atomic_write(os.path.join(workdir, "config.json"),
+                            config.to_json_best_effort(indent=2))
 
   explain = ExplainLoss.from_config(config)
   expert = config.lap.mode != "off" and config.lap.supervision == "expert"
@@ -397,13 +368,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   keys = ("image", "label") + (("boxes", "boxes_valid") if explain else ())
   keys += ("box_mask",) if expert else ()
   step_fn = make_train_step(model, tx, mesh, explain, lap_terms,
-                            trainable_prefixes(config), config.probabilities)
+                            trainable_prefixes(config), config.probabilities,
+                            config.on_nonfinite)
+  kill_after = os.environ.get(KILL_AFTER_CHECKPOINT)
+  kill_after = int(kill_after) if kill_after else None
   local_batch = config.batch_size // jax.process_count()
   start = int(state.step)
+  last_saved = start if manager.latest_step() is not None else None
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
                   desc="train", unit="step", mininterval=2.0)
   t0, window = time.perf_counter(), 0     # steps since the last log line
   sums: dict[str, jax.Array] = {}
+  unchecked: list[tuple[int, jax.Array, jax.Array]] = []  # stop mode flags
   with open(metrics_path, "a") as metrics_file:
     for step in range(start, config.num_steps):
       host_batch = batching.train_batch(
@@ -427,19 +403,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
       window += 1
       done = step + 1
-      checkpoint.save(manager, state, step=done,
-                      force=done == config.num_steps)
-      if done % config.log_every == 0 or done == config.num_steps:
+      if config.on_nonfinite == "stop":
+        unchecked.append((done, metrics["nonfinite"], metrics["loss"]))
+      last = done == config.num_steps
+      log_due = done % config.log_every == 0 or last
+      save_due = last or manager.should_save(done)
+      if log_due:
         record = {"step": done, "lr": float(schedule(step))}
-        record.update({k: float(v) / window for k, v in sums.items()})
+        skipped = int(round(float(sums.pop("nonfinite"))))
+        # 'skip' zeroes the metrics of skipped steps: average the others.
+        counted = (max(window - skipped, 1)
+                   if config.on_nonfinite == "skip" else window)
+        record.update({k: float(v) / counted for k, v in sums.items()})
+        record["nonfinite_steps"] = skipped
         record["images_per_s"] = (window * config.batch_size
                                   / (time.perf_counter() - t0))
         if jax.process_index() == 0:
-          metrics_file.write(json.dumps(record) + "\n")
+          metrics_file.write(run_folder.dumps(record) + "\n")
           metrics_file.flush()
         bar.set_postfix(loss=f"{record['loss']:.4f}",
                         img_s=f"{record['images_per_s']:.0f}")
         t0, window, sums = time.perf_counter(), 0, {}
+      if unchecked and (log_due or save_due):
+        _raise_if_nonfinite(unchecked, last_saved, manager)
+        unchecked = []
+      if save_due:
+        checkpoint.save(manager, state, step=done, force=last)
+        last_saved = done
+        if kill_after == done:
+          manager.wait_until_finished()
+          os.kill(os.getpid(), signal.SIGKILL)
       bar.update(1)
   bar.close()
   manager.wait_until_finished()
@@ -456,6 +449,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   print(f"step {int(state.step)}: validation accuracy {val_acc:.4f} "
         f"({len(labels)} images); workdir {workdir}")
   return state
+
+
+def _raise_if_nonfinite(unchecked: list[tuple[int, jax.Array, jax.Array]],
+                        last_saved: int | None,
+                        manager: ocp.CheckpointManager) -> None:
+  """Raises ``NonFiniteError`` at the first flagged step (one host sync
+  for the whole window of ``(step, flag, loss)``)."""
+  flags = jax.device_get([(flag, loss) for _, flag, loss in unchecked])
+  for (done, _, _), (flag, loss) in zip(unchecked, flags):
+    if flag:
+      manager.wait_until_finished()
+      where = os.fspath(manager.directory)
+      good = (f"the last good checkpoint is step {last_saved} in {where} "
+              "(kept; nothing later was saved)" if last_saved is not None
+              else f"no checkpoint was saved before it (in {where})")
+      raise NonFiniteError(
+          f"training diverged: step {done} has a non-finite loss, gradient "
+          f"or state (loss {float(loss)}); {good}. Lower "
+          "config.optimizer.learning_rate or check the data, then train in "
+          "a new --workdir (config.init_from=<this run> keeps its last good "
+          "weights); or set config.on_nonfinite='skip' to skip such steps")
 
 
 def _expert_gamma_iar(config: ml_collections.ConfigDict,
@@ -534,6 +548,11 @@ def load_state(config: ml_collections.ConfigDict, workdir: str
           model, tx, jax.random.key(config.seed), info["image_shape"])))
   manager = checkpoint.checkpoint_manager(
       workdir, save_every=config.checkpoint_every)
-  state = checkpoint.restore(manager, like, step)
+  state = checkpoint.restore(manager, like)
   manager.close()
+  if not checkpoint.all_finite((state.params, state.batch_stats)):
+    raise ValueError(
+        f"the checkpoint of step {int(state.step)} in {workdir} holds "
+        "non-finite parameters (a diverged run, saved before lapjax "
+        "checked); retrain with a lower config.optimizer.learning_rate")
   return model, state, info

@@ -57,3 +57,21 @@ def test_clip_percentile_and_no_mutation():
   out = pp.clip_percentile(m, 90)
   assert float(out.max()) == pytest.approx(89.1)
   assert float(m.max()) == 99.0
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("resize", {"size": (6, 10)}), ("relu", {}), ("absolute", {}),
+    ("normalize_minmax", {}), ("normalize_max_abs", {}),
+    ("clip_percentile", {"q": 90}), ("gaussian_blur", {"kernel_size": 3}),
+    ("pixel_ranks", {}), ("binarize_top_k", {"fraction": 0.25}),
+    ("binarize_mean_std", {}), ("binarize_threshold", {"threshold": 0.0}),
+])
+def test_no_post_processing_mutates_a_numpy_input(name, kwargs):
+  """A mutable NumPy array in, unchanged after (PITFALLS 17: Quantus added
+  its epsilon in place on a reshaped view); the output is a new array."""
+  maps = np.random.default_rng(0).normal(size=(2, 3, 5)).astype(np.float32)
+  maps[0, 0, 0] = -3.0
+  before = maps.copy()
+  out = getattr(pp, name)(maps, **kwargs)
+  np.testing.assert_array_equal(maps, before)
+  assert not np.shares_memory(np.asarray(out), maps)

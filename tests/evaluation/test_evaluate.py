@@ -12,7 +12,7 @@ from lapjax import attribution as attr
 from lapjax import explain_loss, from_flax
 from lapjax.data import sources
 from lapjax.evaluation.evaluate import evaluate
-from lapjax.train import load_state, predict, train_and_evaluate
+from lapjax.train import load_state, predict, run_folder, train_and_evaluate
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,7 +36,7 @@ def run(tmp_path_factory):
 def test_report_files_and_numbers(run):
   report = evaluate(None, str(run))
   on_disk = json.loads((run / "report.json").read_text())
-  assert on_disk == json.loads(json.dumps(report))
+  assert on_disk == json.loads(run_folder.dumps(report))   # NaN -> null
   c = report["classification"]
   config = default.get_config("tiny")
   assert c["n"] == config.data.num_test
@@ -64,6 +64,12 @@ def test_report_files_and_numbers(run):
     rma = per_metric["relevance_mass"]
     assert rma["nan"] >= config.evaluation.num_images // 4
     assert rma["n"] + rma["nan"] == config.evaluation.num_images
+  # Per method, the maps without a score, counted on the clue images.
+  clue_images = int(np.sum(sources.make_source(config.data, "test")[0].get(
+      np.arange(config.evaluation.num_images))["label"] > 0))
+  for status in report["explanations"]["map_status"].values():
+    assert status["usable_masks"] == clue_images
+  assert "### Maps without a score" in md and "### Worst case" in md
   assert "saliency" not in report        # not trained with explain_loss
   sanity = report["sanity"]["grad_cam"]
   assert sanity["layers"][0] == "head"

@@ -207,3 +207,133 @@ def test_webp_information_grows_with_detail():
   flat = np.full((1, 16, 16, 3), 0.5)
   noisy = np.random.default_rng(3).uniform(size=(1, 16, 16, 3))
   assert F.webp_information(noisy)[0] > F.webp_information(flat)[0]
+
+
+# -- exact curves on a linear model with a saturating score (issue 15) -------
+
+def _saturating_case():
+  """``logit_1 = sum(w x) - 6``, ``logit_0 = 0``: the probability
+  ``sigmoid(logit_1)`` saturates, accuracy is ``logit_1 > 0``. Distinct map
+  values, so the ranking needs no tie rule."""
+  rng = np.random.default_rng(5)
+  w = np.zeros((2, H, W, 3), np.float32)
+  w[1] = rng.uniform(0, 1, (H, W, 3))
+  x = rng.uniform(0.2, 1.0, (2, H, W, 3)).astype(np.float32)
+  maps = rng.normal(size=(2, H, W)).astype(np.float32)
+  clf = linear_classifier(jnp.asarray(w), jnp.array([0.0, -6.0]))
+  return clf, w, x, maps
+
+
+def _curve(w, x, order_by, fractions, mode, score):
+  """NumPy: the score of class 1 as the top ``rint(f H W)`` pixels by
+  ``order_by`` are deleted (or, inserting, the only ones kept)."""
+  order = np.argsort(-order_by.ravel(), kind="stable")
+  out = []
+  for f in fractions:
+    top = np.zeros(H * W, bool)
+    top[order[:int(np.rint(f * H * W))]] = True
+    keep = (~top if mode == "delete" else top).reshape(H, W, 1)
+    z = float((w[1] * x * keep).sum()) - 6.0
+    out.append(1 / (1 + np.exp(-z)) if score == "prob" else float(z > 0))
+  return np.asarray(out)
+
+
+def _auc(c):
+  return 100 * (c[1:] + c[:-1]).mean() / 2
+
+
+def test_pos_neg_npd_are_exact_on_a_saturating_linear_model():
+  clf, w, x, maps = _saturating_case()
+  got = F.positive_negative(clf, x, maps, jnp.array([1, 1]))
+  fr = F.POS_NEG_FRACTIONS
+  for b in range(2):
+    pos = _curve(w, x[b], maps[b], fr, "delete", "accuracy")
+    neg = _curve(w, x[b], -maps[b], fr, "delete", "accuracy")
+    assert 0 < pos.sum() < len(fr)            # the curve crosses the boundary
+    np.testing.assert_array_equal(got["pos_curve"][b], pos)
+    np.testing.assert_array_equal(got["neg_curve"][b], neg)
+    np.testing.assert_allclose(
+        [got["pos"][b], got["neg"][b], got["npd"][b]],
+        [_auc(pos), _auc(neg), _auc(neg) - _auc(pos)], rtol=1e-5)
+
+
+def test_insertion_deletion_idd_are_exact_on_a_saturating_linear_model():
+  clf, w, x, maps = _saturating_case()
+  got = F.insertion_deletion(clf, x, maps, jnp.array([1, 1]), steps=7)
+  fr = np.linspace(0, 1, 8)                  # rint(f * 24): uneven steps
+  for b in range(2):
+    dele = _curve(w, x[b], maps[b], fr, "delete", "prob")
+    ins = _curve(w, x[b], maps[b], fr, "insert", "prob")
+    assert dele[0] > 0.9 and ins[0] < 0.01    # both ends saturate
+    np.testing.assert_allclose(got["del_curve"][b], dele, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(got["ins_curve"][b], ins, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(
+        [got["ins"][b], got["del"][b], got["idd"][b]],
+        [_auc(ins), _auc(dele), _auc(ins) - _auc(dele)], rtol=1e-4,
+        atol=1e-4)
+
+
+def test_sic_aic_are_exact_with_a_known_information_measure():
+  """SIC / AIC written out in NumPy: the start image is SciPy's Gaussian
+  blur (truncated at ``ceil(3 sigma)``, mirrored edges), no random sharp
+  pixels; information is the image's total variation; SIC's y is the
+  normalised probability clipped to [0, 1], AIC's the top-1 hit; points
+  (0, 0) and (1, 1) added, sorted by x, trapezoids. The model reads a
+  checkerboard, which the blur removes."""
+  from scipy import ndimage
+
+  hh, ww, sigma = 8, 10, 1.5
+  checker = np.indices((hh, ww)).sum(0) % 2 * 2.0 - 1.0
+  w = np.zeros((2, hh, ww, 3), np.float32)
+  w[1, 1:7, 2:9] = checker[1:7, 2:9, None]
+  rng = np.random.default_rng(6)
+  x = (0.5 + 0.4 * checker[None, ..., None]
+       + rng.uniform(-0.1, 0.1, (2, hh, ww, 3))).astype(np.float32)
+  bias = np.array([0.0, -20.0], np.float32)
+  clf = linear_classifier(jnp.asarray(w), jnp.asarray(bias))
+  maps = rng.normal(size=(2, hh, ww)).astype(np.float32)
+  maps[0, 1:7, 2:9] += 2.0                    # image 0: a good map
+
+  def tv(images):
+    return (np.abs(np.diff(images, axis=-3)).sum((-3, -2, -1))
+            + np.abs(np.diff(images, axis=-2)).sum((-3, -2, -1)))
+
+  fr = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75)
+  got = F.sic_aic(clf, x, maps, key=jax.random.key(0), thresholds=fr,
+                  blur_sigma=sigma, random_fraction=0.0, information=tv)
+  radius = min(int(np.ceil(3 * sigma)), hh - 1)
+  start = ndimage.gaussian_filter(x.astype(np.float64), (0, sigma, sigma, 0),
+                                  mode="mirror", radius=(0, radius, radius, 0))
+
+  def probs(images):
+    z = np.einsum("khwc,bhwc->bk", w, images) + bias
+    return 1 / (1 + np.exp(z[:, 0] - z[:, 1])), z[:, 1] > z[:, 0]
+
+  p_clean, _ = probs(x)
+  p_start, hit_start = probs(start)
+  assert (p_clean > 0.8).all() and not hit_start.any()   # nothing skipped
+  for b in range(2):
+    order = np.argsort(-maps[b].ravel(), kind="stable")
+    imgs = []
+    for f in fr:
+      sharp = np.zeros(hh * ww, bool)
+      sharp[order[:int(np.rint(f * hh * ww))]] = True
+      imgs.append(np.where(sharp.reshape(hh, ww, 1), x[b], start[b]))
+    imgs = np.stack(imgs)
+    p, hit = probs(imgs)
+    clip = lambda v: np.clip(v, 0, 1)
+    info = tv(clip(imgs))
+    i0, i1 = tv(clip(start[b])), tv(clip(x[b]))
+    xs = np.concatenate([[0], clip((info - i0) / (i1 - i0)), [1]])
+    order_x = np.argsort(xs, kind="stable")
+    for name, ys in (("sic", clip((p - p_start[b]) / (p_clean[b]
+                                                      - p_start[b]))),
+                     ("aic", hit.astype(float))):
+      ys = np.concatenate([[0], ys, [1]])
+      expected = 100 * np.trapezoid(ys[order_x], xs[order_x])
+      np.testing.assert_allclose(got[name][b], expected, rtol=1e-4,
+                                 atol=1e-3)
+  assert got["sic"][0] > got["sic"][1]       # the good map is better
+  assert got["n_skipped"] == 0

@@ -71,3 +71,34 @@ def test_image_too_small_for_clues_is_explained(tmp_path):
   config.data.image_size = (16, 16)
   with pytest.raises(ValueError, match="too small for min_clue_fraction"):
     train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("data.num_validation", 0, r"config.data.num_validation must be >= 1"),
+    ("data.num_train", 0, r"config.data.num_train must be >= 1"),
+    ("eval_batch_size", 0, r"config.eval_batch_size must be >= 1; got 0"),
+    ("on_nonfinite", "ignore", r"on_nonfinite must be one of \('stop', "
+     r"'skip'\); got 'ignore'"),
+    ("evaluation.faithfulness_steps", 0, r"evaluation.faithfulness_steps "
+     r"must be >= 1"),
+])
+def test_bad_sizes_fail_before_any_work(tmp_path, field, value, match):
+  config = default.get_config("tiny")
+  *parents, name = field.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[name] = value
+  with pytest.raises(ValueError, match=match):
+    train_and_evaluate(config, str(tmp_path), progress=False)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_trainable_prefixes_matching_nothing_are_named(tmp_path):
+  config = default.get_config("tiny")
+  config.trainable = ("head", "blok2")
+  with pytest.raises(ValueError, match=r"config.trainable prefixes "
+                     r"\['blok2'\] match no parameter; the model's top-level "
+                     r"parameter names are \['block1', 'block2', 'head'\]"):
+    train_and_evaluate(config, str(tmp_path), progress=False)
+  assert not (tmp_path / "checkpoints").exists()

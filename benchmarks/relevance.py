@@ -1,0 +1,67 @@
+r"""LRP speed: each composite against one plain gradient call, side by side.
+
+  python benchmarks/relevance.py [--batch 8] [--reps 5]
+  python benchmarks/relevance.py --model resnet50 --size 224 --batch 8
+
+The default SmallCNN (random weights; speed does not depend on them) at
+64x64, or a zoo model by name (``--model resnet50``) at ``--size``. Every
+entry is jitted (compile excluded) and timed in interleaved rounds, median
+of ``--reps``. Prints one JSON line per model: seconds per call of
+``gradient`` and of ``lrp`` under each composite, and each one's ratio to
+the gradient.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.common import timed_side_by_side  # noqa: E402
+from lapjax.attribution import gradient  # noqa: E402
+from lapjax.attribution import relevance as rel  # noqa: E402
+from lapjax.models import SmallCNN, create_model  # noqa: E402
+
+COMPOSITES = ("epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1",
+              "epsilon_gamma_box")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="small_cnn")
+  parser.add_argument("--size", type=int, default=64)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--classes", type=int, default=10)
+  parser.add_argument("--reps", type=int, default=5)
+  args = parser.parse_args()
+  if args.model == "small_cnn":
+    model = SmallCNN(args.classes)
+  else:
+    model = create_model(args.model, num_classes=args.classes)
+  x = jax.random.uniform(jax.random.key(0), (args.batch, args.size,
+                                             args.size, 3))
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  classifier = rel.relevance_classifier(model, variables)
+  targets = jnp.arange(args.batch) % args.classes
+  calls = {"gradient": (jax.jit(lambda x, t: gradient(classifier, x, t)),
+                        (x, targets))}
+  for name in COMPOSITES:
+    calls[name] = (jax.jit(lambda x, t, name=name: rel.lrp(
+        classifier, x, t, composite=name)), (x, targets))
+  seconds = timed_side_by_side(calls, reps=args.reps)
+  print(json.dumps({
+      "bench": "lrp_vs_gradient", "model": args.model, "size": args.size,
+      "batch": args.batch, "backend": jax.default_backend(),
+      "seconds": {k: round(v, 5) for k, v in seconds.items()},
+      "ratio_to_gradient": {k: round(v / seconds["gradient"], 2)
+                            for k, v in seconds.items() if k != "gradient"},
+  }))
+
+
+if __name__ == "__main__":
+  main()
