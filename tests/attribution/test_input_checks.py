@@ -154,10 +154,10 @@ def test_explain_raises_for_bad_labels_and_images(cnn):
 
 
 # One method per kind of control flow ``checkify`` must transform: scans
-# (integrated gradients, RELAX), ``lax.map`` (RISE, Score-CAM), custom VJPs
-# (guided Grad-CAM) and SLOC's mask sampling; the evaluation test runs the
-# whole table through the same path.
-CHECKED_METHODS = ("integrated_gradients", "relax", "rise", "score_cam",
+# (integrated gradients, SmoothGrad), ``lax.map`` (RISE, Score-CAM), custom
+# VJPs (guided Grad-CAM) and SLOC's mask sampling; the evaluation test runs
+# the whole table through the same path.
+CHECKED_METHODS = ("integrated_gradients", "smoothgrad", "rise", "score_cam",
                    "guided_grad_cam", "sloc_xp")
 
 
