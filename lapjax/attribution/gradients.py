@@ -20,6 +20,7 @@ import numpy as np
 from lapjax.attribution import core
 from lapjax.attribution.compiled import compiled
 from lapjax.classifier import Classifier, from_flax
+from lapjax.models.layers import model_activation
 
 
 @compiled
@@ -216,14 +217,11 @@ def guided_classifier(module: nn.Module, variables, **from_flax_kwargs
         f"{type(module).__name__} has no injectable 'act' attribute, so its "
         "ReLUs cannot be replaced; guided backprop needs a model built with "
         "act=guided_relu")
-  inner, act = module, module.act
-  while act is None and hasattr(inner, "backbone"):  # a wrapper: its backbone's
-    inner = inner.backbone
-    act = getattr(inner, "act", None)
+  act = model_activation(module)
   if act not in (jax.nn.relu, guided_relu):
     name = getattr(act, "__name__", repr(act))
     raise ValueError(
-        f"{type(inner).__name__} uses act={name}, not ReLU; guided "
+        f"{type(module).__name__} uses act={name}, not ReLU; guided "
         "backprop is defined for ReLU networks, and replacing its "
         "activation with guided_relu would explain a different network")
   return from_flax(module.clone(act=guided_relu), variables,

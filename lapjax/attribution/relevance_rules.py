@@ -284,10 +284,8 @@ class Flat:
     _check_stabilizer(self.stabilizer)
 
   def __call__(self, x, linear: Linear, kernel, bias, relevance):
-    z, vjp = jax.vjp(lambda ones: linear(ones, jnp.ones_like(kernel),
-                                         jnp.zeros_like(bias)),
-                     jnp.ones_like(x))
-    return vjp(relevance / stabilize(z, self.stabilizer))[0]
+    return WSquare(self.stabilizer)(x, linear, jnp.ones_like(kernel),
+                                    jnp.zeros_like(bias), relevance)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import jax
 
 from lapjax.lap.head import LAPHead
 from lapjax.lap.pool import AGGREGATIONS, LAPPool
-from lapjax.models.layers import Activation, standard_pool
+from lapjax.models.layers import Activation, inject_backbone_act, standard_pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,9 +122,7 @@ class DetachedLAPModel(nn.Module):
   act: Activation | None = None
 
   def __post_init__(self):
-    if self.act is not None and getattr(self.backbone, "act",
-                                        None) is not self.act:
-      object.__setattr__(self, "backbone", self.backbone.clone(act=self.act))
+    inject_backbone_act(self)
     super().__post_init__()
 
   @nn.compact

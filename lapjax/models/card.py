@@ -39,6 +39,11 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 
 VariablePath = tuple[str, ...]
 
+# PyTorch's name of each Flax variable leaf: Conv / Dense / norm parameters
+# and BatchNorm statistics (``running_mean``, ``running_var``).
+TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
+              "mean": "running_mean", "var": "running_var"}
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:

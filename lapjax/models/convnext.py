@@ -31,10 +31,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from lapjax.models.card import Layout, ModelCard, Source, VariablePath
+from lapjax.models.card import (
+  TORCH_LEAF,
+  Layout,
+  ModelCard,
+  Source,
+  VariablePath,
+)
 from lapjax.models.layers import GlobalAvgPool
-
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
 
 def _layer_norm(epsilon: float, name: str) -> nn.LayerNorm:
@@ -151,19 +155,19 @@ def torchvision_layout() -> Layout:
   def key(path: VariablePath) -> str | Source:
     _, *mods, leaf = path
     if mods[0] == "stem":
-      return f"features.0.{0 if mods[1] == 'conv' else 1}.{_TORCH_LEAF[leaf]}"
+      return f"features.0.{0 if mods[1] == 'conv' else 1}.{TORCH_LEAF[leaf]}"
     if mods[0] == "head_norm":
-      return f"classifier.0.{_TORCH_LEAF[leaf]}"
+      return f"classifier.0.{TORCH_LEAF[leaf]}"
     if mods[0] == "classifier":
-      return f"classifier.2.{_TORCH_LEAF[leaf]}"
+      return f"classifier.2.{TORCH_LEAF[leaf]}"
     i = int(mods[0][5:])
     if mods[1] == "downsample":
       j = 0 if mods[2] == "norm" else 1
-      return f"features.{2 * i - 2}.{j}.{_TORCH_LEAF[leaf]}"
+      return f"features.{2 * i - 2}.{j}.{TORCH_LEAF[leaf]}"
     prefix = f"features.{2 * i - 1}.{int(mods[1][5:]) - 1}"
     if leaf == "layer_scale":
       return Source((f"{prefix}.layer_scale",), _flatten_scale)
-    return f"{prefix}.{block[mods[2]]}.{_TORCH_LEAF[leaf]}"
+    return f"{prefix}.{block[mods[2]]}.{TORCH_LEAF[leaf]}"
 
   return Layout("torchvision", key)
 
@@ -177,7 +181,7 @@ def hf_layout() -> Layout:
 
   def key(path: VariablePath) -> str:
     _, *mods, leaf = path
-    name = _TORCH_LEAF.get(leaf, leaf)
+    name = TORCH_LEAF.get(leaf, leaf)
     if mods[0] == "stem":
       sub = "patch_embeddings" if mods[1] == "conv" else "layernorm"
       return f"convnext.embeddings.{sub}.{name}"

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lapjax.models.card import Layout, ModelCard, VariablePath
+from lapjax.models.card import TORCH_LEAF, Layout, ModelCard, VariablePath
 from lapjax.models.layers import (
   Activation,
   ConvNormAct,
@@ -159,13 +159,11 @@ DenseNet121 = functools.partial(DenseNet, block_config=(6, 12, 24, 16))
 DenseNet169 = functools.partial(DenseNet, block_config=(6, 12, 32, 32))
 DenseNet201 = functools.partial(DenseNet, block_config=(6, 12, 48, 32))
 
-_TORCH_PARAM = {"kernel": "weight", "bias": "bias", "scale": "weight",
-                "mean": "running_mean", "var": "running_var"}
 
 
 def _torchvision_key(path: VariablePath, *, legacy: bool = False) -> str:
   _, *modules, leaf = path
-  name = _TORCH_PARAM[leaf]
+  name = TORCH_LEAF[leaf]
   if modules == ["head"]:
     return f"classifier.{name}"
   if modules[0] == "stem":

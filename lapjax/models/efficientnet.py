@@ -42,16 +42,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lapjax.models.card import Layout, ModelCard, VariablePath
+from lapjax.models.card import TORCH_LEAF, Layout, ModelCard, VariablePath
 from lapjax.models.layers import (
   Activation,
   GlobalAvgPool,
   ModuleDef,
   batch_norm_with,
 )
-
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
-               "mean": "running_mean", "var": "running_var"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +259,7 @@ def torchvision_layout(stages: Sequence[MBConvStage]) -> Layout:
 
   def key(path: VariablePath) -> str:
     _, *mods, leaf = path
-    name = _TORCH_LEAF[leaf]
+    name = TORCH_LEAF[leaf]
     if mods[0] == "classifier":
       return f"classifier.1.{name}"
     if mods[0] in ("stem", "head"):
@@ -292,7 +289,7 @@ def lite_layout(stages: Sequence[MBConvStage]) -> Layout:
 
   def key(path: VariablePath) -> str:
     _, *mods, leaf = path
-    name = _TORCH_LEAF[leaf]
+    name = TORCH_LEAF[leaf]
     if mods[0] == "classifier":
       return f"_fc.{name}"
     conv_or_norm = 0 if mods[-1] == "conv" else 1

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from lapjax.models.card import (
   IMAGENET_MEAN,
   IMAGENET_STD,
+  TORCH_LEAF,
   Layout,
   ModelCard,
   VariablePath,
@@ -48,9 +49,6 @@ from lapjax.models.layers import (
   Pool,
   batch_norm_with,
 )
-
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
-               "mean": "running_mean", "var": "running_var"}
 
 
 class BasicConv2d(nn.Module):
@@ -242,7 +240,7 @@ def torchvision_layout() -> Layout:
 
   def key(path: VariablePath) -> str:
     _, *mods, leaf = path
-    return ".".join(mods) + "." + _TORCH_LEAF[leaf]
+    return ".".join(mods) + "." + TORCH_LEAF[leaf]
 
   return Layout("torchvision", key, ignore=(r"(^|\.)num_batches_tracked$",
                                             r"^AuxLogits\."))

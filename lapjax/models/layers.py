@@ -165,3 +165,26 @@ def batch_norm_with(*, epsilon: float, momentum: float = 0.9
     return functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=momentum, epsilon=epsilon)
   return norm
+
+
+def inject_backbone_act(wrapper: nn.Module) -> None:
+  """Gives a wrapper's ``backbone`` the wrapper's ``act``.
+
+  For models that wrap a ``backbone`` and take ``act`` (None: the
+  backbone's own), so that ``wrapper.clone(act=guided_relu)`` reaches every
+  activation as it does for every lapjax model. Call it in the wrapper's
+  ``__post_init__``, before ``super().__post_init__()``.
+  """
+  act = wrapper.act
+  if act is not None and getattr(wrapper.backbone, "act", None) is not act:
+    object.__setattr__(wrapper, "backbone", wrapper.backbone.clone(act=act))
+
+
+def model_activation(module: nn.Module) -> Activation | None:
+  """The activation ``module`` runs: its ``act``, or for a wrapper whose
+  ``act`` is None (``inject_backbone_act``), its backbone's."""
+  act = getattr(module, "act", None)
+  while act is None and hasattr(module, "backbone"):
+    module = module.backbone
+    act = getattr(module, "act", None)
+  return act

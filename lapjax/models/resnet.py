@@ -44,7 +44,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from lapjax.models.card import Layout, ModelCard, VariablePath
+from lapjax.models.card import TORCH_LEAF, Layout, ModelCard, VariablePath
 from lapjax.models.layers import (
   Activation,
   ConvNormAct,
@@ -258,14 +258,11 @@ WideResNet50_2 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
 
 # Checkpoint layouts. ``path`` is ``(collection, *module_path, leaf)``.
 
-_TORCH_NORM = {"scale": "weight", "bias": "bias", "mean": "running_mean",
-               "var": "running_var"}
-_TORCH_PARAM = {"kernel": "weight", "bias": "bias", **_TORCH_NORM}
 
 
 def _torchvision_key(path: VariablePath) -> str:
   _, *modules, leaf = path
-  name = _TORCH_PARAM[leaf]
+  name = TORCH_LEAF[leaf]
   if modules == ["head"]:
     return f"fc.{name}"
   if modules[0] == "stem":
@@ -279,7 +276,7 @@ def _torchvision_key(path: VariablePath) -> str:
 
 def _hf_key(path: VariablePath) -> str:
   _, *modules, leaf = path
-  name = _TORCH_PARAM[leaf]
+  name = TORCH_LEAF[leaf]
   if modules == ["head"]:
     return f"classifier.1.{name}"
   unit = "convolution" if leaf == "kernel" else "normalization"

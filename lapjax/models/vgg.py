@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 
 from lapjax.models import layers
-from lapjax.models.card import Layout, ModelCard, VariablePath
+from lapjax.models.card import TORCH_LEAF, Layout, ModelCard, VariablePath
 from lapjax.models.layers import (
   Activation,
   AdaptiveAvgPool,
@@ -114,8 +114,6 @@ VGG11BN = functools.partial(VGG, blocks=VGG11_BLOCKS, batch_norm=True)
 VGG16 = functools.partial(VGG, blocks=VGG16_BLOCKS)
 VGG16BN = functools.partial(VGG, blocks=VGG16_BLOCKS, batch_norm=True)
 
-_TORCH_PARAM = {"kernel": "weight", "bias": "bias", "scale": "weight",
-                "mean": "running_mean", "var": "running_var"}
 _CLASSIFIER = {"fc1": 0, "fc2": 3, "head": 6}
 
 
@@ -139,8 +137,8 @@ def torchvision_layout(blocks: Sequence[Sequence[int]], batch_norm: bool
   def key(path: VariablePath) -> str:
     _, *modules, leaf = path
     if len(modules) == 1:
-      return f"classifier.{_CLASSIFIER[modules[0]]}.{_TORCH_PARAM[leaf]}"
-    return f"features.{index[tuple(modules)]}.{_TORCH_PARAM[leaf]}"
+      return f"classifier.{_CLASSIFIER[modules[0]]}.{TORCH_LEAF[leaf]}"
+    return f"features.{index[tuple(modules)]}.{TORCH_LEAF[leaf]}"
 
   return Layout("torchvision", key)
 

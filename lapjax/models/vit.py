@@ -69,6 +69,7 @@ import numpy as np
 from lapjax.models.card import (
   INCEPTION_MEAN,
   INCEPTION_STD,
+  TORCH_LEAF,
   Layout,
   ModelCard,
   Source,
@@ -282,7 +283,6 @@ def attention_taps(depth: int) -> tuple[str, ...]:
 # 1-based here ('block1') and 0-based in PyTorch ('blocks.0').
 
 _BLOCK = re.compile(r"block(\d+)$")
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
 
 def _split_path(path: VariablePath) -> tuple[int | None, tuple[str, ...], str]:
@@ -301,7 +301,7 @@ def _timm_key(path: VariablePath) -> str:
   block, modules, leaf = _split_path(path)
   if not modules:                       # cls_token, pos_embed
     return leaf
-  name = ".".join(modules) + "." + _TORCH_LEAF[leaf]
+  name = ".".join(modules) + "." + TORCH_LEAF[leaf]
   return name if block is None else f"blocks.{block}.{name}"
 
 
@@ -340,14 +340,14 @@ def _hf_key(path: VariablePath) -> str | Source:
   if block is None:
     if not modules:
       return f"vit.embeddings.{_HF_TOP_PARAM[leaf]}"
-    return f"{_HF_TOP[modules]}.{_TORCH_LEAF[leaf]}"
+    return f"{_HF_TOP[modules]}.{TORCH_LEAF[leaf]}"
   layer = f"vit.encoder.layer.{block}"
   if modules == ("attn", "qkv"):
-    keys = tuple(f"{layer}.attention.attention.{n}.{_TORCH_LEAF[leaf]}"
+    keys = tuple(f"{layer}.attention.attention.{n}.{TORCH_LEAF[leaf]}"
                  for n in ("query", "key", "value"))
     combine = _fused_qkv_kernel if leaf == "kernel" else _fused_qkv_bias
     return Source(keys, combine)
-  return f"{layer}.{_HF_BLOCK[modules]}.{_TORCH_LEAF[leaf]}"
+  return f"{layer}.{_HF_BLOCK[modules]}.{TORCH_LEAF[leaf]}"
 
 
 HF_LAYOUT = Layout(name="hf", key=_hf_key)

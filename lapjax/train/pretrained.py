@@ -21,7 +21,7 @@ logs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -31,9 +31,8 @@ import ml_collections
 import optax
 
 from lapjax.models import get_card, load_pretrained
+from lapjax.models.layers import Activation, inject_backbone_act
 from lapjax.train.state import TrainState
-
-Activation = Callable[[jax.Array], jax.Array]
 
 
 class Normalized(nn.Module):
@@ -52,9 +51,7 @@ class Normalized(nn.Module):
   act: Activation | None = None
 
   def __post_init__(self):
-    if self.act is not None and getattr(self.backbone, "act",
-                                        None) is not self.act:
-      object.__setattr__(self, "backbone", self.backbone.clone(act=self.act))
+    inject_backbone_act(self)
     super().__post_init__()
 
   def setup(self):

@@ -13,11 +13,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from lapjax.data import batching, sources
-from lapjax.models import create_model
 from lapjax.train import checkpoint, load_state, train_and_evaluate, train_step
-from lapjax.train.loop import make_optimizer
-from lapjax.train.state import create_train_state
+from tests.train import test_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -61,16 +58,8 @@ def test_diverging_run_stops_naming_the_step_and_last_good_checkpoint(
 
 
 def _setup():
-  config = default.get_config("tiny")
-  config.optimizer.schedule = "constant"
-  source, info = sources.make_source(config.data, "train")
-  model = create_model(config.model.name, num_classes=info["num_classes"],
-                       **config.model.kwargs)
-  tx, _ = make_optimizer(config)
-  state = create_train_state(model, tx, jax.random.key(0),
-                             info["image_shape"])
-  b = batching.train_batch(source, config.batch_size, 0, 0)
-  return model, tx, state, {"image": b["image"], "label": b["label"]}
+  config, source, model, tx, state = test_train_step._setup()
+  return model, tx, state, test_train_step._batch(source, config, 0)
 
 
 def test_skip_keeps_the_state_of_a_nonfinite_step():
