@@ -22,11 +22,12 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 tests
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check lapjax tests configs benchmarks train.py evaluate.py
+	$(BIN)/ruff check lapjax tests configs benchmarks studies train.py evaluate.py
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/eval_throughput.py
 
 # An ImageNet-trained EfficientNet-Lite0 explained on real photos (offline).
 photos: $(VENV)/.installed

@@ -4,8 +4,12 @@ r"""Evaluates a trained lapjax run and writes its report.
 
 Reads the config saved in the workdir (or ``--config``), restores the newest
 checkpoint and writes ``report.json``, ``report.md`` and figures there.
+The evaluation streams over ``config.evaluation.num_images`` images on
+every device (docs/evaluation.md); a killed evaluation resumes from
+``<workdir>/eval/state.npz`` when run again with the same settings.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -16,6 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder from train.py.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "validation"],
                            "Split to evaluate.")
+_PROGRESS = flags.DEFINE_bool("progress", True,
+                              "Show a progress bar with ETA.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -24,7 +30,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:   # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  report = evaluate(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value)
+  report = evaluate(_CONFIG.value, _WORKDIR.value, split=_SPLIT.value,
+                    progress=_PROGRESS.value)
+  if jax.process_index():
+    return
   c = report["classification"]
   print(f"{report['split']}: accuracy {c['accuracy']:.4f}, balanced accuracy "
         f"{c['balanced_accuracy']:.4f}, F1 {c['f1_macro']:.4f} (n={c['n']}); "

@@ -1,4 +1,4 @@
-r"""LRP speed: each composite against one plain gradient call, side by side.
+r"""LRP and DeepLIFT speed against one plain gradient call, side by side.
 
   python benchmarks/relevance.py [--batch 8] [--reps 5]
   python benchmarks/relevance.py --model resnet50 --size 224 --batch 8
@@ -7,8 +7,9 @@ The default SmallCNN (random weights; speed does not depend on them) at
 64x64, or a zoo model by name (``--model resnet50``) at ``--size``. Every
 entry is jitted (compile excluded) and timed in interleaved rounds, median
 of ``--reps``. Prints one JSON line per model: seconds per call of
-``gradient`` and of ``lrp`` under each composite, and each one's ratio to
-the gradient.
+``gradient``, of ``lrp`` under each composite, of ``deeplift`` (one
+random baseline image) and ``deeplift_shap`` (``--shap`` of them), and
+each one's ratio to the gradient.
 """
 
 import argparse
@@ -25,6 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks.common import timed_side_by_side  # noqa: E402
 from lapjax.attribution import gradient  # noqa: E402
 from lapjax.attribution import relevance as rel  # noqa: E402
+from lapjax.attribution.deeplift import deeplift, deeplift_shap  # noqa: E402
 from lapjax.models import SmallCNN, create_model  # noqa: E402
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1",
@@ -38,6 +40,8 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--classes", type=int, default=10)
   parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--shap", type=int, default=4,
+                      help="baselines of deeplift_shap (0: skip it)")
   args = parser.parse_args()
   if args.model == "small_cnn":
     model = SmallCNN(args.classes)
@@ -53,9 +57,19 @@ def main() -> None:
   for name in COMPOSITES:
     calls[name] = (jax.jit(lambda x, t, name=name: rel.lrp(
         classifier, x, t, composite=name)), (x, targets))
+  # Baselines are arguments: a constant one (baseline=0) would let XLA
+  # constant-fold the reference forward pass (the weights are constants).
+  baselines = jax.random.uniform(jax.random.key(2),
+                                 (max(args.shap, 1), *x.shape[1:]))
+  calls["deeplift"] = (jax.jit(lambda x, t, b: deeplift(
+      classifier, x, t, baseline=b)), (x, targets, baselines[:1]))
+  if args.shap:
+    calls[f"deeplift_shap_{args.shap}"] = (jax.jit(
+        lambda x, t, b: deeplift_shap(classifier, x, t, baselines=b)),
+        (x, targets, baselines))
   seconds = timed_side_by_side(calls, reps=args.reps)
   print(json.dumps({
-      "bench": "lrp_vs_gradient", "model": args.model, "size": args.size,
+      "bench": "relevance_vs_gradient", "model": args.model, "size": args.size,
       "batch": args.batch, "backend": jax.default_backend(),
       "seconds": {k: round(v, 5) for k, v in seconds.items()},
       "ratio_to_gradient": {k: round(v / seconds["gradient"], 2)

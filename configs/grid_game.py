@@ -7,10 +7,10 @@ without Attribution Lens, scored by RA, IoU and F1
 (``lapjax/evaluation/grid_game.py`` states the protocol)::
 
   python train.py --config configs/grid_game.py --workdir runs/grid_game
-  python benchmarks/grid_game.py --workdir runs/grid_game
+  python studies/grid_game.py --workdir runs/grid_game
 
 (``runs/default`` from ``make demo`` holds the same model.) Expected, from
-docs/benchmarks.md (3 sets of 24 grids, trained default model): the lens
+docs/studies/grid_game.md (3 sets of 24 grids, trained default model): the lens
 raises RA for guided backprop, input x gradient and integrated gradients; see
 the table there for every method.
 """

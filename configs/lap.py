@@ -27,7 +27,7 @@ the paper uses 2 LAPs, ``pool3 global_pool``, MaxAR off and weight 0.1).
   python train.py --config configs/lap.py:lap_detached --workdir runs/lap_det
   python evaluate.py --workdir runs/lap_wsl
 
-The multi-seed study (``benchmarks/lap_study.py``) trains every variant and
+The multi-seed study (``studies/lap_study.py``) trains every variant and
 writes ``docs/lap_study/``.
 """
 
@@ -53,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   pools = tuple(f"pool{i}" for i in range(1, blocks)) + ("global_pool",)
   c.evaluation.methods = ("gradient", "input_x_gradient",
                           "integrated_gradients", "guided_backprop",
-                          "grad_cam", "guided_grad_cam")
+                          "grad_cam", "guided_grad_cam", "lrp", "deeplift",
+                          "relevance_cam")
   c.evaluation.lap_report = True
   if name == "vanilla":
     return c

@@ -9,8 +9,9 @@ the checkpoint ``make demo`` trains (no new training)::
 ``report.md`` then holds, besides the localisation table, POS, NEG, DEL,
 INS, NPD, IDD, AIC and SIC for every method below on the first 64 clue
 images (explaining the true class), SLOC's three versions included
-(``sloc_xp``'s p is calibrated on 64 validation images). Results and timings:
-docs/benchmarks.md ("SLOC"). Variants (``configs/sloc.py:NAME``):
+(``sloc_xp``'s p is calibrated on 64 validation images). Results:
+docs/studies/sloc_variants.md; timings: docs/benchmarks.md ("SLOC").
+Variants (``configs/sloc.py:NAME``):
 
 * ``blur``: every perturbation, the methods' (SLOC's masked inputs, the
   integrated-gradients path, Score-CAM, occlusion, RISE) and the metrics'

@@ -15,6 +15,10 @@ Layer names are submodule paths joined by ``'/'`` as ``nnx.iter_modules``
 gives them: ``'block2'``, ``'blocks/0'`` (an ``nnx.List`` item),
 ``'block2/conv'``.
 
+Transformers: with a ``TokenLayout`` (``tokens=``, or the model's
+``token_layout()`` method) token taps ``[B, T, D]`` are returned, and take
+``deltas``, as ``[B, h, w, D]`` patch grids, as in ``from_flax``.
+
 Any other framework fits through the plain-function route: a
 ``lapjax.Classifier(apply, layers)`` whose ``apply(x, deltas=None)`` returns
 ``(logits, {layer: array})`` (``docs/adapters.md`` has an Equinox example).
@@ -30,12 +34,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lapjax.classifier import (
+  AUTO,
   Classifier,
   check_deltas,
   check_images,
+  perturb_tap,
   resolve_layers,
+  resolve_tokens,
   unknown_layer_error,
 )
+from lapjax.tokens import TokenLayout
 
 Path = tuple[Any, ...]
 
@@ -62,8 +70,11 @@ class _Run:
   """What one forward pass records: shapes in call order, tapped outputs."""
 
   def __init__(self, wanted: frozenset[str],
-               deltas: Mapping[str, jax.Array]):
+               deltas: Mapping[str, jax.Array],
+               tokens: TokenLayout | None = None,
+               image_hw: tuple[int, int] = (0, 0)):
     self.wanted, self.deltas = wanted, deltas
+    self.tokens, self.image_hw = tokens, image_hw
     self.available: dict[str, tuple[int, ...]] = {}
     self.features: dict[str, jax.Array] = {}
 
@@ -76,14 +87,8 @@ class _Run:
           "a tap on it is ambiguous; tap a submodule that runs once")
     self.available[name] = out.shape
     if name in self.wanted:
-      if name in self.deltas:
-        delta = self.deltas[name]
-        if jnp.shape(delta) != out.shape:
-          raise ValueError(
-              f"deltas[{name!r}] has shape {jnp.shape(delta)}; layer "
-              f"{name!r} outputs shape {out.shape}")
-        out = out + delta
-      self.features[name] = out
+      out, self.features[name] = perturb_tap(
+          name, out, self.deltas.get(name), self.tokens, self.image_hw)
     return out
 
 
@@ -137,6 +142,7 @@ def available_nnx_layers(model: nnx.Module, input_shape: Sequence[int],
 
 def from_nnx(model: nnx.Module, *, layers: Sequence[str] | None = None,
              input_shape: Sequence[int] | None = None,
+             tokens: TokenLayout | None | str = AUTO,
              **call_kwargs: Any) -> Classifier:
   """Builds a ``Classifier`` from a Flax NNX module, unchanged.
 
@@ -153,6 +159,9 @@ def from_nnx(model: nnx.Module, *, layers: Sequence[str] | None = None,
       ``input_shape``).
     input_shape: ``(H, W, C)`` of one image; when given, layer names are
       checked now rather than at the first call, and sorted shallow to deep.
+    tokens: a transformer's ``TokenLayout``; ``'auto'`` reads the model's
+      ``token_layout()`` if it has one; None keeps token taps as tokens
+      (``from_flax``).
     **call_kwargs: extra keyword arguments of ``model(x, ...)``.
 
   Returns:
@@ -164,9 +173,12 @@ def from_nnx(model: nnx.Module, *, layers: Sequence[str] | None = None,
       with their output shapes), or ``layers=None`` without
       ``input_shape``.
   """
+  tokens = resolve_tokens(model, tokens)
   avail = (None if input_shape is None else
            available_nnx_layers(model, input_shape, **call_kwargs))
-  layers = resolve_layers(layers, avail, "from_nnx")
+  layers = resolve_layers(layers, avail, "from_nnx", tokens=tokens,
+                          image_hw=None if input_shape is None
+                          else tuple(input_shape[:2]))
   wanted = frozenset(layers)
   graphdef, state = nnx.split(model)
 
@@ -174,7 +186,7 @@ def from_nnx(model: nnx.Module, *, layers: Sequence[str] | None = None,
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     check_images(x)
     deltas = check_deltas(deltas, layers)
-    run = _Run(wanted, deltas)
+    run = _Run(wanted, deltas, tokens, x.shape[1:3])
     logits = _run(graphdef, state, x, run, False, call_kwargs)
     missing = [n for n in layers if n not in run.features]
     if missing:
@@ -184,4 +196,4 @@ def from_nnx(model: nnx.Module, *, layers: Sequence[str] | None = None,
       raise unknown_layer_error(missing, everything.available)
     return logits, {n: run.features[n] for n in layers}
 
-  return Classifier(apply=apply, layers=layers)
+  return Classifier(apply=apply, layers=layers, tokens=tokens)

@@ -17,6 +17,16 @@ names are submodule paths (``'block2'``, ``'stage3/block1'``), tapped with
 ``flax.linen.intercept_methods`` around each submodule's ``__call__``. The
 module runs with no mutable collections, so a BatchNorm that tried to update
 its statistics (training mode) raises instead of mixing batch items.
+
+Transformers (DESIGN.md §10). A classifier with a ``TokenLayout``
+(``classifier.tokens``; ``from_flax`` reads it from the module's
+``token_layout()``, as lapjax's ``VisionTransformer`` has, or takes
+``tokens=``) returns every token tap ``[B, T, D]`` as the grid of its patch
+tokens ``[B, h, w, D]`` (``lapjax.tokens.tokens_to_grid``: class/register
+tokens dropped, row-major), and takes ``deltas`` of that grid shape (added
+to the patch tokens, ``grid_to_tokens``), so every method that needs a
+spatial map runs on a ViT unchanged. Attention probabilities ``[B, heads,
+T, T]`` and every other tap are returned as they are.
 """
 
 from __future__ import annotations
@@ -29,6 +39,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lapjax.tokens import (
+  TokenLayout,
+  grid_to_tokens,
+  module_token_layout,
+  tap_layout,
+  tokens_to_grid,
+)
+
 
 class Classifier(NamedTuple):
   """A model as lapjax sees it.
@@ -36,9 +54,13 @@ class Classifier(NamedTuple):
   Attributes:
     apply: ``apply(x, deltas=None) -> (logits [B, K], {layer: array})``.
     layers: names that may be tapped or perturbed, shallow to deep.
+    tokens: for a transformer, how its tokens lie on the image (patch size,
+      class/register tokens); its token taps are then ``[B, h, w, D]``
+      grids. None for other models.
   """
   apply: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
   layers: tuple[str, ...]
+  tokens: TokenLayout | None = None
 
 
 def check_images(x: Any, *, channels: int | None = None,
@@ -74,15 +96,46 @@ def _kernel_in_features(module: nn.Module) -> int | None:
   return kernel.shape[-2] * groups
 
 
+def perturb_tap(name: str, out: jax.Array, delta: jax.Array | None,
+                tokens: TokenLayout | None, image_hw: tuple[int, int]
+                ) -> tuple[jax.Array, jax.Array]:
+  """``(the layer's perturbed output, its feature)``: ``out + delta``
+  (``delta`` None: ``out``) and what the classifier returns for it. With
+  ``tokens``, a token tap's feature and ``delta`` are its patch grid; the
+  grid delta reaches the patch tokens only."""
+  if tokens is None or out.ndim != 3:
+    feature = out
+    if delta is not None:
+      if jnp.shape(delta) != out.shape:
+        raise ValueError(
+            f"deltas[{name!r}] has shape {jnp.shape(delta)}; layer "
+            f"{name!r} outputs shape {out.shape}")
+      out = feature = out + delta
+    return out, feature
+  layout = tap_layout(tokens, out.shape[1], image_hw)
+  grid = tokens_to_grid(out, layout, image_hw, name=f"layer {name!r}")
+  if delta is None:
+    return out, grid
+  if jnp.shape(delta) != grid.shape:
+    raise ValueError(
+        f"deltas[{name!r}] has shape {jnp.shape(delta)}; layer {name!r} is "
+        f"a token layer whose patch grid has shape {grid.shape} (tokens "
+        f"{out.shape}): give the delta of the grid")
+  out = out + grid_to_tokens(delta, layout)
+  return out, tokens_to_grid(out, layout, image_hw, name=f"layer {name!r}")
+
+
 def _trace(module: nn.Module, variables: Mapping[str, Any], x: jax.Array,
            apply_kwargs: Mapping[str, Any], wanted: frozenset[str],
-           deltas: Mapping[str, jax.Array], mutable: Any = False):
+           deltas: Mapping[str, jax.Array], mutable: Any = False,
+           tokens: TokenLayout | None = None):
   """Runs the module once, recording (and perturbing) the wanted taps.
 
   Returns ``(output, features, available)``: ``module.apply``'s output
   (logits; ``(logits, updates)`` when ``mutable``), and ``available``
   lists, in call order, every submodule path whose ``__call__`` returned an
-  array.
+  array (with its own output shape, tokens as tokens). With ``tokens``,
+  wanted token taps are recorded as patch grids (``perturb_tap``).
   """
   features: dict[str, jax.Array] = {}
   available: dict[str, tuple[int, ...]] = {}
@@ -108,14 +161,8 @@ def _trace(module: nn.Module, variables: Mapping[str, Any], x: jax.Array,
           "a tap on it is ambiguous; tap a submodule that runs once")
     available[name] = out.shape
     if name in wanted:
-      if name in deltas:
-        delta = deltas[name]
-        if jnp.shape(delta) != out.shape:
-          raise ValueError(
-              f"deltas[{name!r}] has shape {jnp.shape(delta)}; layer {name!r} "
-              f"outputs shape {out.shape}")
-        out = out + delta
-      features[name] = out
+      out, features[name] = perturb_tap(name, out, deltas.get(name),
+                                        tokens, x.shape[1:3])
     return out
 
   with nn.intercept_methods(interceptor):
@@ -142,18 +189,28 @@ def unknown_layer_error(unknown: Sequence[str],
 
 def resolve_layers(layers: Sequence[str] | None,
                    available: Mapping[str, tuple[int, ...]] | None,
-                   adapter: str) -> tuple[str, ...]:
+                   adapter: str, *, tokens: TokenLayout | None = None,
+                   image_hw: tuple[int, int] | None = None
+                   ) -> tuple[str, ...]:
   """The layers an adapter taps, in call order.
 
   With ``available`` (every tappable path and its output shape, in call
   order) unknown names are refused and ``layers=None`` means every
-  top-level spatial (``[B, h, w, c]``) layer; without it the names are
-  checked at the first call and ``layers`` is required.
+  top-level spatial (``[B, h, w, c]``) layer, or for a transformer
+  (``tokens`` and the ``image_hw`` of ``available``'s input) every
+  top-level token layer ``[B, T, D]`` whose tokens are the patch grid
+  (plus the prefix tokens): ``patch_embed``, the blocks, ``norm``. Without
+  ``available`` the names are checked at the first call and ``layers`` is
+  required.
   """
   if available is not None:
     if layers is None:
-      layers = [n for n, s in available.items()
-                if "/" not in n and len(s) == 4]
+      if tokens is None:
+        layers = [n for n, s in available.items()
+                  if "/" not in n and len(s) == 4]
+      else:
+        layers = [n for n, s in available.items()
+                  if "/" not in n and tokens.is_token_tap(s, image_hw)]
     unknown = [n for n in layers if n not in available]
     if unknown:
       raise unknown_layer_error(unknown, available)
@@ -179,7 +236,8 @@ def check_deltas(deltas: Mapping[str, jax.Array] | None,
 def apply_tapped(module: nn.Module, variables: Mapping[str, Any],
                  x: jax.Array, *, layers: Sequence[str],
                  deltas: Mapping[str, jax.Array] | None = None,
-                 mutable: Any = False, **apply_kwargs: Any
+                 mutable: Any = False, tokens: TokenLayout | None = None,
+                 **apply_kwargs: Any
                  ) -> tuple[Any, dict[str, jax.Array]]:
   """``module.apply`` with ``deltas`` added to the outputs of ``layers``.
 
@@ -188,13 +246,17 @@ def apply_tapped(module: nn.Module, variables: Mapping[str, Any],
   training forward pass (``train=True, mutable=['batch_stats']``), where
   BatchNorm uses the batch's statistics and so couples batch items.
 
+  With ``tokens``, token taps and their ``deltas`` are patch grids (module
+  docstring).
+
   Returns:
     ``(output, features)``: what ``module.apply(variables, x,
     mutable=mutable, **apply_kwargs)`` returns, and ``{layer: output}``.
   """
   wanted = frozenset(layers)
   output, features, avail = _trace(module, variables, x, apply_kwargs,
-                                   wanted, dict(deltas or {}), mutable)
+                                   wanted, dict(deltas or {}), mutable,
+                                   tokens)
   missing = [n for n in layers if n not in features]
   if missing:
     raise unknown_layer_error(missing, avail)
@@ -230,9 +292,27 @@ def available_layers(module: nn.Module, variables: Mapping[str, Any],
   return shapes
 
 
+AUTO = "auto"
+
+
+def resolve_tokens(module: Any, tokens: TokenLayout | None | str
+                   ) -> TokenLayout | None:
+  """``tokens`` of an adapter: ``'auto'`` reads the module's layout."""
+  if isinstance(tokens, str):
+    if tokens != AUTO:
+      raise ValueError(f"tokens must be a TokenLayout, None or 'auto'; got "
+                       f"{tokens!r}")
+    return module_token_layout(module)
+  if tokens is not None and not isinstance(tokens, TokenLayout):
+    raise ValueError("tokens must be a lapjax.tokens.TokenLayout, None or "
+                     f"'auto'; got {type(tokens).__name__}")
+  return tokens
+
+
 def from_flax(module: nn.Module, variables: Mapping[str, Any], *,
               layers: Sequence[str] | None = None,
               input_shape: Sequence[int] | None = None,
+              tokens: TokenLayout | None | str = AUTO,
               **apply_kwargs: Any) -> Classifier:
   """Builds a ``Classifier`` from any Flax linen module, unchanged.
 
@@ -242,14 +322,25 @@ def from_flax(module: nn.Module, variables: Mapping[str, Any], *,
       to ``train=False``; pass e.g. ``deterministic=True`` for others).
     variables: its variables (``params``, ``batch_stats``, ...).
     layers: submodule paths to tap, e.g. ``('block2', 'stage3/block1')``.
-      ``None`` taps every direct child with a 4-D output (needs
+      ``None`` taps every direct child with a 4-D output, or for a
+      transformer every direct child with token output (needs
       ``input_shape``).
     input_shape: ``(H, W, C)`` of one image; when given, layer names are
       checked now rather than at the first call.
+    tokens: how a transformer's tokens lie on the image. ``'auto'`` (the
+      default) reads the module's ``token_layout()`` (lapjax's
+      ``VisionTransformer`` and wrappers of it), None otherwise; a
+      ``TokenLayout`` for other transformers; None keeps token taps as
+      tokens ``[B, T, D]``. With a layout, token taps are ``[B, h, w, D]``
+      patch grids and ``deltas`` for them take that shape (module
+      docstring); a token tap whose length is not the patch grid (plus the
+      prefix tokens) of the input raises, naming the layer, its shape and
+      the grid expected.
     **apply_kwargs: extra keyword arguments of ``module.apply``.
 
   Returns:
-    A ``Classifier``; its ``apply`` is pure and jittable.
+    A ``Classifier`` (``tokens`` set for transformers); its ``apply`` is
+    pure and jittable.
 
   Raises:
     ValueError: unknown layer names (the message lists the available ones
@@ -261,15 +352,18 @@ def from_flax(module: nn.Module, variables: Mapping[str, Any], *,
         "batch items stay independent; got mutable="
         f"{apply_kwargs['mutable']!r}. For a training-mode forward pass "
         "(BatchNorm on batch statistics) use lapjax.classifier.apply_tapped")
+  tokens = resolve_tokens(module, tokens)
   avail = (None if input_shape is None else
            available_layers(module, variables, input_shape, **apply_kwargs))
-  layers = resolve_layers(layers, avail, "from_flax")
+  layers = resolve_layers(layers, avail, "from_flax", tokens=tokens,
+                          image_hw=None if input_shape is None
+                          else tuple(input_shape[:2]))
 
   def apply(x: jax.Array, deltas: Mapping[str, jax.Array] | None = None
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     check_images(x)
     deltas = check_deltas(deltas, layers)
     return apply_tapped(module, variables, x, layers=layers, deltas=deltas,
-                        **apply_kwargs)
+                        tokens=tokens, **apply_kwargs)
 
-  return Classifier(apply=apply, layers=layers)
+  return Classifier(apply=apply, layers=layers, tokens=tokens)

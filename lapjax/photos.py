@@ -35,6 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 MODEL = "efficientnet_lite0"
+# The figure's methods (``standard_methods`` names): the CNN methods of the
+# LAP, LaFAM, lens and SLOC papers.
+METHODS = ("gradient", "input_x_gradient", "integrated_gradients",
+           "smoothgrad", "guided_backprop", "grad_cam", "grad_cam_plus_plus",
+           "layer_cam", "guided_grad_cam", "score_cam", "occlusion", "rise",
+           "lafam", "sloc", "sloc_m")
 CLASSES_FILE = pathlib.Path(__file__).with_name("imagenet_classes.txt")
 
 
@@ -157,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   from lapjax import attribution as attr
   from lapjax import from_flax
-  from lapjax.evaluation.methods import standard_methods
+  from lapjax.evaluation.methods import method_classifiers, standard_methods
   from lapjax.models import load_pretrained
   from lapjax.models.registry import get_card
 
@@ -166,8 +172,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   photos = load_photos()
   x = prepare(photos, card)
   clf = from_flax(module, variables, layers=[card.cam_layer])
-  guided = attr.guided_classifier(module, variables,
-                                  layers=[card.cam_layer])
   logits = np.asarray(jax.jit(lambda x: clf.apply(x)[0])(x))
   top = top_k(logits)
   for name, classes in zip(photos, top):
@@ -178,12 +182,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                       inputs=x, logits=logits)
 
   key = jax.random.key(0)
-  methods = standard_methods(
+  table = standard_methods(
       card.cam_layer, key=key, image_size=card.input_size[0],
       ig_steps=args.ig_steps, rise_masks=args.rise_masks,
       smoothgrad_samples=args.smoothgrad_samples,
       sloc_masks=args.sloc_masks, sloc_steps=args.sloc_steps)
+  methods = {name: table[name] for name in METHODS if name in table}
   targets = jnp.asarray(np.argmax(logits, axis=-1), jnp.int32)
+  clfs = method_classifiers(methods, module, variables,
+                            layers=[card.cam_layer], input_shape=x.shape[1:])
   shown = np.clip(x * np.asarray(card.std) + np.asarray(card.mean), 0, 1)
   titles = [f"{n}\n{c[0][0][:22]}" for n, c in zip(photos, top)]
   top2 = jnp.asarray(np.argsort(-logits, axis=-1)[:, :2], jnp.int32)
@@ -198,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   maps, seconds = {}, {}
   for name in sorted(methods, key=lambda n: cost.get(n, 0)):
     m = methods[name]
-    c = guided if m.guided else clf
+    c = clfs[m.classifier]
     start = time.perf_counter()
     maps[name] = np.asarray(jax.jit(
         lambda x, t, m=m, c=c: m.fn(c, x, t, **m.kwargs))(x, targets))

@@ -5,12 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from lapjax import from_flax
+from lapjax import Classifier, from_flax
+from lapjax.adapters import from_nnx
 from lapjax.classifier import apply_tapped
 from lapjax.models import SmallCNN
 from lapjax.models.cnn import _Block
 from lapjax.models.layers import GlobalAvgPool, Pool, batch_norm
+from lapjax.tokens import TokenLayout
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +211,119 @@ def test_bad_deltas_get_a_clear_error(cnn):
     clf.apply(x, {"block2": jnp.zeros(1)})
   with pytest.raises(ValueError, match=r"deltas\['block1'\] has shape"):
     clf.apply(x, {"block1": jnp.zeros((3, 2, 2, 4))})
+
+
+# Transformers: token taps as patch grids (DESIGN.md §10).
+
+
+class PositionTokens(nn.Module):
+  """``[B, 2 + N, D]`` tokens that encode their own position: token ``t``
+  holds ``t`` in every channel (2 register tokens, then ``N`` patches)."""
+  patch: int = 4
+  width: int = 3
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, _ = x.shape
+    n = 2 + (h // self.patch) * (w // self.patch)
+    t = jnp.arange(n, dtype=x.dtype)[None, :, None] + 0 * x.mean()
+    return jnp.broadcast_to(t, (b, n, self.width))
+
+
+class UserTransformer(nn.Module):
+  """A user's transformer: no ``token_layout`` method."""
+
+  @nn.compact
+  def __call__(self, x):
+    tokens = PositionTokens(name="tokens")(x)
+    tokens = nn.Dense(3, name="mix")(tokens)
+    return nn.Dense(2, name="head")(tokens.mean(axis=1))
+
+
+def test_explicit_token_layout_turns_token_taps_into_grids():
+  """Token ``2 + i * w + j`` lands at grid cell ``(i, j)`` (8 x 12 input,
+  4 x 4 patches: a 2 x 3 grid)."""
+  model = UserTransformer()
+  x = jnp.ones((2, 8, 12, 3))
+  v = model.init(jax.random.key(0), x)
+  layout = TokenLayout((4, 4), num_prefix_tokens=2)
+  clf = from_flax(model, v, layers=["tokens", "mix"], tokens=layout)
+  assert clf.tokens == layout
+  logits, feats = clf.apply(x)
+  np.testing.assert_array_equal(logits, model.apply(v, x))
+  i, j = np.meshgrid(np.arange(2), np.arange(3), indexing="ij")
+  want = np.broadcast_to((2 + 3 * i + j)[None, :, :, None], (2, 2, 3, 3))
+  np.testing.assert_array_equal(feats["tokens"], want)
+  assert feats["mix"].shape == (2, 2, 3, 3)
+  # A grid delta moves the patch tokens only: the head's mean over the 8
+  # tokens moves by 6 / 8 of a constant delta on the 6 patches.
+  delta = jnp.ones((2, 2, 3, 3))
+  moved = clf.apply(x, {"tokens": delta})
+  np.testing.assert_array_equal(moved[1]["tokens"], want + 1)
+  head = v["params"]["head"]["kernel"]
+  mix = v["params"]["mix"]["kernel"]
+  np.testing.assert_allclose(moved[0] - logits,
+                             np.broadcast_to(6 / 8 * (mix.sum(0) @ head),
+                                             (2, 2)), rtol=1e-5)
+
+
+def test_without_a_layout_token_taps_stay_tokens():
+  model = UserTransformer()
+  x = jnp.ones((1, 8, 12, 3))
+  v = model.init(jax.random.key(0), x)
+  clf = from_flax(model, v, layers=["tokens"])
+  assert clf.tokens is None
+  assert clf.apply(x)[1]["tokens"].shape == (1, 8, 3)
+  with pytest.raises(ValueError, match="tokens must be a TokenLayout"):
+    from_flax(model, v, layers=["tokens"], tokens="grid")
+
+
+def test_cnns_have_no_token_layout_and_classifier_defaults_to_none(cnn):
+  model, variables, _ = cnn
+  assert from_flax(model, variables, layers=["block2"]).tokens is None
+  assert Classifier(apply=lambda x, d=None: (x, {}), layers=()).tokens is None
+
+
+def test_apply_tapped_reads_token_taps_as_grids_when_asked():
+  model = UserTransformer()
+  x = jnp.ones((1, 8, 12, 3))
+  v = model.init(jax.random.key(0), x)
+  _, feats = apply_tapped(model, v, x, layers=["tokens"],
+                          tokens=TokenLayout((4, 4), 2))
+  assert feats["tokens"].shape == (1, 2, 3, 3)
+  _, feats = apply_tapped(model, v, x, layers=["tokens"])
+  assert feats["tokens"].shape == (1, 8, 3)
+
+
+def test_from_nnx_reads_a_token_layout_method():
+  """An NNX transformer with ``token_layout()``: token taps are grids and
+  ``layers=None`` picks the token layers."""
+
+  class NnxTokens(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Conv(3, 5, (4, 4), strides=(4, 4), padding="VALID",
+                            rngs=rngs)
+      self.cls = nnx.Param(jnp.zeros((1, 1, 5)))
+      self.mix = nnx.Linear(5, 5, rngs=rngs)
+      self.head = nnx.Linear(5, 2, rngs=rngs)
+
+    def token_layout(self):
+      return TokenLayout((4, 4), num_prefix_tokens=1)
+
+    def __call__(self, x):
+      p = self.embed(x)
+      p = p.reshape(p.shape[0], -1, p.shape[-1])
+      cls = jnp.broadcast_to(self.cls[...], (p.shape[0], 1, 5))
+      tokens = self.mix(jnp.concatenate([cls, p], axis=1))
+      return self.head(tokens[:, 0])
+
+  model = NnxTokens(nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 12, 3))
+  clf = from_nnx(model, input_shape=(8, 12, 3))
+  assert clf.tokens == TokenLayout((4, 4), 1)
+  assert clf.layers == ("mix",)
+  logits, feats = clf.apply(x)
+  np.testing.assert_allclose(logits, model(x), rtol=1e-6)
+  raw = from_nnx(model, layers=["mix"], tokens=None).apply(x)[1]["mix"]
+  np.testing.assert_array_equal(feats["mix"],
+                                raw[:, 1:].reshape(2, 2, 3, 5))

@@ -9,14 +9,19 @@ ones take ``key``.
 
 from lapjax.attribution import checks, postprocess
 from lapjax.attribution.cam import (
+                                    ablation_cam,
                                     grad_cam,
                                     grad_cam_plus_plus,
                                     guided_grad_cam,
+                                    hires_cam,
                                     lafam,
                                     layer_cam,
                                     score_cam,
+                                    xgrad_cam,
 )
 from lapjax.attribution.checks import jit_checked
+from lapjax.attribution.deeplift import deeplift, deeplift_shap
+from lapjax.attribution.fullgrad import fullgrad, fullgrad_classifier
 from lapjax.attribution.gradients import (
                                     gradient,
                                     guided_backprop,
@@ -33,6 +38,11 @@ from lapjax.attribution.lens import (
                                     lens_refine,
                                     top_k_classes,
 )
+from lapjax.attribution.optimisation import (
+                                    extremal_perturbation,
+                                    meaningful_perturbation,
+)
+from lapjax.attribution.paths import dix, guided_ig
 from lapjax.attribution.perturbation import occlusion, relax, rise
 from lapjax.attribution.relevance import (
                                     Composite,
@@ -45,7 +55,24 @@ from lapjax.attribution.relevance import (
                                     relevance_cam,
                                     relevance_classifier,
 )
+from lapjax.attribution.relevance_transformer import (
+                                    transformer_relevance_classifier,
+)
 from lapjax.attribution.sloc import calibrate_p, sloc, sloc_fit, sloc_m, sloc_xp
+from lapjax.attribution.superpixel import (
+                                    feature_ablation,
+                                    kernel_shap,
+                                    lime,
+                                    shapley_sampling,
+                                    slic_segments,
+)
+from lapjax.attribution.transformer import (
+                                    attention_rollout,
+                                    bi_attn,
+                                    gae,
+                                    t_attn,
+                                    transformer_attribution,
+)
 
 __all__ = [
     "attribution_lens", "best_vs_worst", "calibrate_p", "checks", "grad_cam",
@@ -60,3 +87,18 @@ __all__ += [
     "epsilon_plus", "epsilon_plus_flat", "lrp", "relevance_cam",
     "relevance_classifier",
 ]
+__all__ += ["dix", "guided_ig"]
+__all__ += [
+    "feature_ablation", "kernel_shap", "lime", "shapley_sampling",
+    "slic_segments",
+]
+__all__ += [
+    "attention_rollout", "bi_attn", "gae", "t_attn",
+    "transformer_attribution", "transformer_relevance_classifier",
+]
+__all__ += [
+    "ablation_cam", "fullgrad", "fullgrad_classifier", "hires_cam",
+    "xgrad_cam",
+]
+__all__ += ["extremal_perturbation", "meaningful_perturbation"]
+__all__ += ["deeplift", "deeplift_shap"]

@@ -3,8 +3,10 @@
 Maps are computed at the layer's resolution ``[h, w]`` and, by default,
 resized to the input's ``[H, W]`` (``resize_method``, bilinear by default;
 ``resize=False`` keeps the native resolution). Methods whose definition
-contains a ReLU (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM) apply it; none
-normalises, except LaFAM, whose definition is a min-max normalised map.
+contains a ReLU (Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM, Ablation-CAM)
+apply it; XGrad-CAM and HiResCAM are signed sums; none normalises, except
+LaFAM, whose definition is a min-max normalised map. FullGrad, which reads
+every bias-carrying layer rather than one, is ``fullgrad.py``.
 Gradients w.r.t. the layer come from ``deltas`` (no hooks), one forward pass
 for all target classes.
 """
@@ -200,3 +202,151 @@ def lafam(classifier: Classifier, x: jax.Array, targets=None, *, layer: str,
   hi = mean.max(axis=(1, 2), keepdims=True)
   cam = _resize((mean - lo) / (hi - lo + 1e-8), x, resize, resize_method)
   return core.label_free(cam, classifier, x, targets)
+
+
+@compiled
+def xgrad_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
+              resize: bool = True,
+              resize_method: str = "bilinear") -> jax.Array:
+  """XGrad-CAM: channels weighted by activation-weighted gradients.
+
+  .. math:: L = \\sum_k w_k A^k, \\quad w_k = \\sum_{ij}
+     \\frac{A^k_{ij}}{\\sum_{ab} A^k_{ab}} \\frac{\\partial y}{\\partial
+     A^k_{ij}}
+
+  The weights solve the paper's sensitivity and conservation axioms
+  approximately (Eq. 9); its map is the weighted sum itself, signed, with no
+  ReLU (``postprocess.relu`` gives the ReLU'd map pytorch-grad-cam shows).
+  A channel whose activations sum to zero gets weight 0 (pytorch-grad-cam
+  adds 1e-7 to the sum instead: the same weights to 1e-7 of the sum).
+
+  Args:
+    classifier: the model.
+    x: ``[B, H, W, C]``.
+    targets: ``[B]``, ``[B, C']`` int or ``[B, K]`` float.
+    layer: the tapped layer, a spatial feature map ``[B, h, w, c]``.
+    resize: resize to ``[H, W]`` (True) or keep ``[h, w]``.
+    resize_method: as for ``grad_cam``.
+
+  Returns:
+    ``[B, H, W]`` (or ``[B, C', H, W]``), signed.
+
+  References:
+    Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and
+    Explanation of CNNs", BMVC 2020.
+  """
+  x, t = core.prepare(classifier, x, targets)
+  acts, grads, _ = core.layer_gradients(classifier, x, layer, t.cotangents)
+  total = acts.sum(axis=(1, 2), keepdims=True)             # [B, 1, 1, c]
+  share = jnp.where(total != 0, acts / jnp.where(total != 0, total, 1.0),
+                    0.0)
+  weights = (share[None] * grads).sum(axis=(2, 3))         # [C', B, c]
+  cam = jnp.einsum("nbc,bhwc->nbhw", weights, acts)
+  return core.finish(_resize(cam, x, resize, resize_method), t)
+
+
+@compiled
+def hires_cam(classifier: Classifier, x: jax.Array, targets, *, layer: str,
+              resize: bool = True,
+              resize_method: str = "bilinear") -> jax.Array:
+  """HiResCAM: gradient times activation, summed over channels only.
+
+  .. math:: L_{ij} = \\sum_k \\frac{\\partial y}{\\partial A^k_{ij}}
+     A^k_{ij}
+
+  Grad-CAM without its spatial averaging of the gradients, so a location
+  counts only through its own gradient. Signed, no ReLU (the paper's
+  definition; pytorch-grad-cam shows the ReLU'd map). With a global average
+  pool and a linear head after ``layer`` it equals CAM divided by ``h * w``
+  (signed).
+
+  Args:
+    classifier: the model.
+    x: ``[B, H, W, C]``.
+    targets: ``[B]``, ``[B, C']`` int or ``[B, K]`` float.
+    layer: the tapped layer, a spatial feature map ``[B, h, w, c]``.
+    resize: resize to ``[H, W]`` (True) or keep ``[h, w]``.
+    resize_method: as for ``grad_cam``.
+
+  Returns:
+    ``[B, H, W]`` (or ``[B, C', H, W]``), signed.
+
+  References:
+    Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful
+    explanations of convolutional neural networks", arXiv:2011.08891, 2020.
+  """
+  x, t = core.prepare(classifier, x, targets)
+  acts, grads, _ = core.layer_gradients(classifier, x, layer, t.cotangents)
+  cam = (grads * acts[None]).sum(-1)                       # [C', B, h, w]
+  return core.finish(_resize(cam, x, resize, resize_method), t)
+
+
+@compiled
+def ablation_cam(classifier: Classifier, x: jax.Array, targets, *,
+                 layer: str, chunk_size: int = 64, resize: bool = True,
+                 resize_method: str = "bilinear") -> jax.Array:
+  """Ablation-CAM: each channel weighted by the score drop when it is zeroed.
+
+  .. math:: w_k = \\frac{y - y_k}{y}, \\quad L = \\mathrm{ReLU}\\Big(
+     \\sum_k w_k A^k\\Big)
+
+  ``y`` is the target score (the logit, or ``cotangent . logits`` for
+  float targets) and ``y_k`` the same score with channel ``k`` of ``layer``
+  set to zero, through ``deltas = -A^k`` on that channel (gradient-free;
+  the layers before ``layer`` do not depend on the channel and XLA hoists
+  them out of the loop over chunks, so only the layers after it run
+  again). The ReLU is part of the paper's
+  definition. Where ``y = 0`` the weights are 0 (the ratio is undefined).
+
+  Differences from pytorch-grad-cam's ``AblationCAM``: it ablates to zero
+  only when the minimum of the layer's activations over the batch is
+  exactly 0 and otherwise to that minimum minus 1e7 (lapjax always
+  zeroes, as the paper); its ``ratio_channels_to_ablate < 1`` skips
+  channels chosen by an SVD heuristic (lapjax ablates every channel). With
+  a non-negative layer containing a zero and all channels, the weights are
+  the same (tests/attribution/test_cam_comparators.py).
+
+  At most ``chunk_size`` images per forward pass (``max(1, chunk_size //
+  B)`` channels of the whole batch), so memory is bounded by
+  ``max(chunk_size, B)`` images whatever the channel count.
+
+  Args:
+    classifier: the model.
+    x: ``[B, H, W, C]``.
+    targets: ``[B]``, ``[B, C']`` int or ``[B, K]`` float.
+    layer: the tapped layer, a spatial feature map ``[B, h, w, c]``.
+    chunk_size: images per forward pass (static).
+    resize: resize to ``[H, W]`` (True) or keep ``[h, w]``.
+    resize_method: as for ``grad_cam``.
+
+  Returns:
+    ``[B, H, W]`` (or ``[B, C', H, W]``), non-negative.
+
+  References:
+    Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep
+    Convolutional Network via Gradient-free Localization", WACV 2020.
+  """
+  x, t = core.prepare(classifier, x, targets)
+  core.check_layer(classifier, layer)
+  logits, feats = classifier.apply(x)
+  acts = feats[layer]                                      # [B, h, w, c]
+  core.check_spatial_layer(layer, acts.shape)
+  b, c = x.shape[0], acts.shape[-1]
+  score = jnp.einsum("bk,nbk->nb", logits, t.cotangents)   # [C', B]
+
+  def ablated_scores(channels):                            # [n] -> [n, C', B]
+    n = channels.shape[0]
+    off = jax.nn.one_hot(channels, c, dtype=acts.dtype)[:, None, None, None]
+    deltas = -(acts[None] * off)                           # [n, B, h, w, c]
+    xs = jnp.broadcast_to(x[None], (n, *x.shape))
+    out = classifier.apply(xs.reshape(n * b, *x.shape[1:]),
+                           {layer: deltas.reshape(n * b, *acts.shape[1:])})
+    return jnp.einsum("nbk,cbk->ncb", out[0].reshape(n, b, -1),
+                      t.cotangents)
+
+  ablated = core.chunked_map(ablated_scores, jnp.arange(c),
+                             core.points_per_pass(chunk_size, b))
+  safe = jnp.where(score != 0, score, 1.0)
+  weights = jnp.where(score != 0, (score - ablated) / safe, 0.0)  # [c, C', B]
+  cam = jax.nn.relu(jnp.einsum("kcb,bhwk->cbhw", weights, acts))
+  return core.finish(_resize(cam, x, resize, resize_method), t)

@@ -44,9 +44,12 @@ the composite has no rule for is an error naming its path and type.
 
 Cost (the backward pass of one linear layer, in convolutions of its size;
 a gradient costs one transposed): ε 1 forward + 1 transposed; z⁺ 1 + 1 on
-non-negative inputs (checked at run time), 2 + 2 on signed ones; α2β1
-2 + 2 (4 + 4); γ 3 + 2 (5 + 4); flat and w² 1 + 1 (``docs/relevance.md``
-has measurements).
+non-negative inputs, 2 + 2 on signed ones; α2β1 2 + 2 (4 + 4); γ 3 + 2
+(5 + 4); flat and w² 1 + 1 (``docs/relevance.md`` has measurements).
+Inputs are known non-negative without a run-time check when they are the
+outputs of the model's ReLU ``act`` (the relevance classifier wraps it and
+marks its outputs), or max / average pools of those; other inputs are
+checked at run time (``jnp.all(x >= 0)`` and a ``lax.cond``).
 
 References:
   Bach et al., "On Pixel-Wise Explanations for Non-Linear Classifier
@@ -72,7 +75,14 @@ import jax.numpy as jnp
 from lapjax.attribution import core, postprocess
 from lapjax.attribution import relevance_rules as rules
 from lapjax.attribution.compiled import compiled
+from lapjax.attribution.deeplift import (
+  note_classifier,
+  rescaled_activation,
+  rules_active,
+  rules_interceptor,
+)
 from lapjax.classifier import Classifier, from_flax
+from lapjax.models.layers import GlobalAvgPool, Pool, model_activation
 
 # Parameterised Flax layers that no composite rule covers.
 _NO_RULE = tuple(getattr(nn, n) for n in (
@@ -234,9 +244,11 @@ def _linear_map(module: nn.Module):
   return linear
 
 
-def _rule_layer(rule: rules.Rule, linear, first: bool):
+def _rule_layer(rule: rules.Rule, linear, first: bool,
+                non_negative: bool | None = None):
   """``linear`` whose backward pass is ``rule`` in relevance-per-activation
-  units (relevance itself for the first layer)."""
+  units (relevance itself for the first layer); ``non_negative``: the
+  input is known to be ``>= 0`` (``relevance_rules``)."""
 
   @jax.custom_vjp
   def layer(x, kernel, bias):
@@ -248,7 +260,8 @@ def _rule_layer(rule: rules.Rule, linear, first: bool):
 
   def backward(saved, per_unit):
     x, kernel, bias, z = saved
-    relevance = rule(x, linear, kernel, bias, z * per_unit)
+    relevance = rule(x, linear, kernel, bias, z * per_unit,
+                     non_negative=non_negative)
     if not first:
       nonzero = x != 0
       relevance = jnp.where(nonzero, relevance / jnp.where(nonzero, x, 1), 0)
@@ -266,6 +279,15 @@ class _Propagation:
     self.inputs = inputs
     self.linear_layers = 0
     self.pending: dict[int, tuple[jax.Array, Any]] = {}
+    # Arrays known to be >= 0: ReLU outputs and their pools (by id, the
+    # array kept so that the id stays its own).
+    self.non_negative: dict[int, jax.Array] = {}
+
+  def mark_non_negative(self, a: jax.Array) -> None:
+    self.non_negative[id(a)] = a
+
+  def is_non_negative(self, a: jax.Array) -> bool:
+    return self.non_negative.get(id(a)) is a
 
   def intercept(self, next_fun, args, kwargs, context):
     module = context.module
@@ -277,6 +299,11 @@ class _Propagation:
     if isinstance(module, nn.BatchNorm):
       return self._merged_norm(module, path, args[0], kwargs,
                                lambda z: next_fun(z, *args[1:], **kwargs))
+    if isinstance(module, (Pool, GlobalAvgPool)):
+      out = next_fun(*args, **kwargs)
+      if self.is_non_negative(args[0]):
+        self.mark_non_negative(out)
+      return out
     if isinstance(module, _NO_RULE):
       raise ValueError(
           f"composite {self.composite.name!r} has no rule for layer {path!r} "
@@ -298,8 +325,10 @@ class _Propagation:
     bias = params.get("bias", jnp.zeros(kernel.shape[-1:], kernel.dtype))
     rule = self.composite.rule_for(path, module, first)
     linear = _linear_map(module)
-    out = _rule_layer(rule, linear, direct)(x, kernel, bias)
-    self.pending[id(out)] = (out, (rule, linear, direct, x, kernel, bias))
+    non_negative = self.is_non_negative(x) or None
+    out = _rule_layer(rule, linear, direct, non_negative)(x, kernel, bias)
+    self.pending[id(out)] = (out, (rule, linear, direct, non_negative, x,
+                                   kernel, bias))
     return out
 
   def _merged_norm(self, module, path, z, kwargs, next_fun):
@@ -318,16 +347,16 @@ class _Propagation:
       raise ValueError(
           f"BatchNorm {path!r} can only be merged in inference mode "
           "(use_running_average=True) over the last axis")
-    rule, linear, first, x, kernel, bias = entry[1]
+    rule, linear, first, non_negative, x, kernel, bias = entry[1]
     stats = module.variables["batch_stats"]
     params = module.variables.get("params", {})
     scale = (params["scale"] if module.use_scale else 1.0) * jax.lax.rsqrt(
         stats["var"] + module.epsilon)
     shift = params["bias"] if module.use_bias else 0.0
-    out = _rule_layer(rule, linear, first)(
-        x, kernel * scale, (bias - stats["mean"]) * scale + shift)
-    self.pending[id(out)] = (out, (rule, linear, first, x, kernel * scale,
-                                   (bias - stats["mean"]) * scale + shift))
+    kernel, bias = kernel * scale, (bias - stats["mean"]) * scale + shift
+    out = _rule_layer(rule, linear, first, non_negative)(x, kernel, bias)
+    self.pending[id(out)] = (out, (rule, linear, first, non_negative, x,
+                                   kernel, bias))
     return out
 
 
@@ -370,9 +399,13 @@ def relevance_classifier(module: nn.Module, variables, **from_flax_kwargs
   """A classifier of ``module`` ready for relevance propagation.
 
   The plain model everywhere (``from_flax``), except inside ``lrp`` /
-  ``relevance_cam``, which trace it with their composite's rules. The
-  module is unchanged: rules are installed by intercepting its ``Conv`` /
-  ``Dense`` / ``BatchNorm`` calls.
+  ``relevance_cam``, which trace it with their composite's rules, and
+  ``deeplift`` / ``deeplift_shap``, which trace it with DeepLIFT's. The
+  module's computation is unchanged: LRP rules are installed by
+  intercepting its ``Conv`` / ``Dense`` / ``BatchNorm`` calls, DeepLIFT's
+  by intercepting its max-pooling ``Pool`` modules and by wrapping its
+  injectable ``act`` (``deeplift.rescaled_activation``, which is ``act``
+  itself outside DeepLIFT; a model without ``act`` works for LRP only).
 
   Args:
     module: a Flax linen module.
@@ -385,14 +418,40 @@ def relevance_classifier(module: nn.Module, variables, **from_flax_kwargs
                      f"method={from_flax_kwargs['method']!r}")
   if "layers" not in from_flax_kwargs and "input_shape" not in from_flax_kwargs:
     from_flax_kwargs["layers"] = ()
+  if (from_flax_kwargs.get("layers", ()) is None
+      and from_flax_kwargs.get("input_shape") is None):
+    raise ValueError("relevance_classifier needs layers=... or "
+                     "input_shape=(H, W, C) to find the default layers")
+  act = model_activation(module) if hasattr(module, "act") else None
+  if act is not None:
+    act = getattr(act, "plain", act)
+    module = module.clone(act=_activation(act))
   plain = from_flax(module, variables, method=_propagate, **from_flax_kwargs)
 
   def apply(x, deltas=None):
     if getattr(_active, "composite", None) is not None:
       _active.traced += 1
+    note_classifier(act is not None)
     return plain.apply(x, deltas)
 
-  return Classifier(apply=apply, layers=plain.layers)
+  return plain._replace(apply=apply)
+
+
+def _activation(act):
+  """The model's ``act`` in a relevance classifier: DeepLIFT's rescale rule
+  inside ``deeplift`` (``deeplift.rescaled_activation``); under a composite,
+  a ReLU's outputs are marked non-negative for the rules."""
+  rescaled = rescaled_activation(act)
+
+  def activation(a: jax.Array) -> jax.Array:
+    y = rescaled(a)
+    propagation = getattr(_active, "propagation", None)
+    if propagation is not None and act is jax.nn.relu:
+      propagation.mark_non_negative(y)
+    return y
+
+  activation.plain = act
+  return activation
 
 
 def _propagate(module: nn.Module, x: jax.Array, **kwargs: Any) -> jax.Array:
@@ -403,10 +462,27 @@ def _propagate(module: nn.Module, x: jax.Array, **kwargs: Any) -> jax.Array:
   see and ``deltas`` perturb.
   """
   comp = getattr(_active, "composite", None)
-  if comp is None:
-    return module(x, **kwargs)
-  with nn.intercept_methods(_Propagation(comp, x).intercept):
-    return module(x, **kwargs)
+  if comp is not None:
+    propagation = _Propagation(comp, x)
+    previous = getattr(_active, "propagation", None)
+    _active.propagation = propagation
+    try:
+      with nn.intercept_methods(propagation.intercept):
+        return module(x, **kwargs)
+    finally:
+      _active.propagation = previous
+  if rules_active():
+    with nn.intercept_methods(rules_interceptor):
+      return module(x, **kwargs)
+  return module(x, **kwargs)
+
+
+def _check_layer(classifier: Classifier, layer: str) -> None:
+  if layer not in classifier.layers:
+    raise ValueError(
+        f"unknown layer {layer!r}; this classifier taps "
+        f"{list(classifier.layers)} (build it with relevance_classifier("
+        "module, variables, layers=[...]) to tap others)")
 
 
 def _layer_gradients(classifier: Classifier, x: jax.Array, layer: str,
@@ -482,7 +558,7 @@ def lrp(classifier: Classifier, x: jax.Array, targets, *,
   x, t = core.prepare(classifier, x, targets)
   comp = as_composite(composite)
   if layer is not None:
-    core.check_layer(classifier, layer)
+    _check_layer(classifier, layer)
   relevance, _ = _relevance_at(classifier, x, t, comp, layer)
   return core.finish(core.reduce_channels(relevance, channels), t)
 
@@ -518,7 +594,7 @@ def relevance_cam(classifier: Classifier, x: jax.Array, targets, *,
     CVPR 2021.
   """
   x, t = core.prepare(classifier, x, targets)
-  core.check_layer(classifier, layer)
+  _check_layer(classifier, layer)
   core.check_spatial_layer(
       layer, jax.eval_shape(classifier.apply, x)[1][layer].shape)
   relevance, acts = _relevance_at(classifier, x, t, as_composite(composite),

@@ -14,7 +14,11 @@ zero. ``x^+ = max(x, 0)``, ``x^- = min(x, 0)``, likewise ``W^+, W^-, b^+,
 b^-``.
 
 Rules are frozen dataclasses (hashable, so composites holding them are
-static options of jitted methods). Their defaults are Zennit's.
+static options of jitted methods). Their defaults are Zennit's. Every rule
+takes ``non_negative``: True when ``x >= 0`` is known statically (a ReLU's
+output, marked by ``relevance``), which spares the rules that treat
+``x^+`` and ``x^-`` apart (αβ, z⁺, γ) a run-time check and a ``cond``;
+None checks at run time.
 
 References:
   Bach et al., "On Pixel-Wise Explanations for Non-Linear Classifier
@@ -56,6 +60,15 @@ def _neg(a: jax.Array) -> jax.Array:
   return jnp.minimum(a, 0)
 
 
+def _by_sign(x, non_negative: bool | None, nonneg_case, general):
+  """``nonneg_case(x)`` if ``x >= 0`` (known statically when
+  ``non_negative`` is True, else checked at run time), else ``general(x)``.
+  """
+  if non_negative:
+    return nonneg_case(x)
+  return jax.lax.cond(jnp.all(x >= 0), nonneg_case, general, x)
+
+
 def _check_stabilizer(stabilizer: float) -> None:
   if not stabilizer > 0:
     raise ValueError(f"stabilizer must be > 0; got {stabilizer}")
@@ -79,7 +92,8 @@ class Epsilon:
     if not self.epsilon > 0:
       raise ValueError(f"epsilon must be > 0; got {self.epsilon}")
 
-  def __call__(self, x, linear: Linear, kernel, bias, relevance):
+  def __call__(self, x, linear: Linear, kernel, bias, relevance, *,
+               non_negative: bool | None = None):
     z, vjp = jax.vjp(lambda x: linear(x, kernel, bias), x)
     (g,) = vjp(relevance / stabilize(z, self.epsilon))
     return x * g
@@ -114,7 +128,8 @@ class AlphaBeta:
                        f"alpha={self.alpha}, beta={self.beta}")
     _check_stabilizer(self.stabilizer)
 
-  def __call__(self, x, linear: Linear, kernel, bias, relevance):
+  def __call__(self, x, linear: Linear, kernel, bias, relevance, *,
+               non_negative: bool | None = None):
     wp, wn = _pos(kernel), _neg(kernel)
     beta = self.beta
 
@@ -129,7 +144,7 @@ class AlphaBeta:
       dxp, dxn = vjp((gp, gn))
       return _pos(x) * dxp + _neg(x) * dxn
 
-    def non_negative(x):
+    def nonneg_case(x):
       # x = x^+ (after a ReLU): the x^- terms vanish; z^- only if beta > 0.
       zp, vjp = jax.vjp(lambda x: linear(x, wp, _pos(bias)), x)
       (dx,) = vjp(self.alpha * relevance / stabilize(zp, self.stabilizer))
@@ -138,7 +153,7 @@ class AlphaBeta:
         dx = dx - vjp(beta * relevance / stabilize(zn, self.stabilizer))[0]
       return x * dx
 
-    return jax.lax.cond(jnp.all(x >= 0), non_negative, general, x)
+    return _by_sign(x, non_negative, nonneg_case, general)
 
 
 def ZPlus(stabilizer: float = 1e-6) -> AlphaBeta:  # noqa: N802 (Zennit name)
@@ -177,7 +192,8 @@ class Gamma:
       raise ValueError(f"gamma must be >= 0; got {self.gamma}")
     _check_stabilizer(self.stabilizer)
 
-  def __call__(self, x, linear: Linear, kernel, bias, relevance):
+  def __call__(self, x, linear: Linear, kernel, bias, relevance, *,
+               non_negative: bool | None = None):
     up = kernel + self.gamma * _pos(kernel)
     down = kernel + self.gamma * _neg(kernel)
     b_up = bias + self.gamma * _pos(bias)
@@ -195,7 +211,7 @@ class Gamma:
       dxp, dxn = vjp(grads(z_up, z_down))
       return _pos(x) * dxp + _neg(x) * dxn
 
-    def non_negative(x):
+    def nonneg_case(x):
       # x = x^+ (after a ReLU): the x^- terms vanish.
       (z_up, z_down), vjp = jax.vjp(
           lambda x: (linear(x, up, b_up), linear(x, down, b_down)), x)
@@ -207,7 +223,7 @@ class Gamma:
               jnp.where(z < 0, relevance, 0)
               / stabilize(z_down, self.stabilizer))
 
-    return jax.lax.cond(jnp.all(x >= 0), non_negative, general, x)
+    return _by_sign(x, non_negative, nonneg_case, general)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +246,8 @@ class ZBox:
   def __post_init__(self):
     _check_stabilizer(self.stabilizer)
 
-  def __call__(self, x, linear: Linear, kernel, bias, relevance):
+  def __call__(self, x, linear: Linear, kernel, bias, relevance, *,
+               non_negative: bool | None = None):
     low = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
     high = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
 
@@ -259,7 +276,8 @@ class WSquare:
   def __post_init__(self):
     _check_stabilizer(self.stabilizer)
 
-  def __call__(self, x, linear: Linear, kernel, bias, relevance):
+  def __call__(self, x, linear: Linear, kernel, bias, relevance, *,
+               non_negative: bool | None = None):
     z, vjp = jax.vjp(lambda ones: linear(ones, kernel ** 2, bias ** 2),
                      jnp.ones_like(x))
     return vjp(relevance / stabilize(z, self.stabilizer))[0]
@@ -283,7 +301,8 @@ class Flat:
   def __post_init__(self):
     _check_stabilizer(self.stabilizer)
 
-  def __call__(self, x, linear: Linear, kernel, bias, relevance):
+  def __call__(self, x, linear: Linear, kernel, bias, relevance, *,
+               non_negative: bool | None = None):
     return WSquare(self.stabilizer)(x, linear, jnp.ones_like(kernel),
                                     jnp.zeros_like(bias), relevance)
 
@@ -293,7 +312,8 @@ class Pass:
   """Identity: ``R_i = R_i`` (only for layers whose output has the shape of
   their input)."""
 
-  def __call__(self, x, linear: Linear, kernel, bias, relevance):
+  def __call__(self, x, linear: Linear, kernel, bias, relevance, *,
+               non_negative: bool | None = None):
     if relevance.shape != x.shape:
       raise ValueError(
           f"the pass rule needs a layer whose output has its input's shape; "

@@ -23,33 +23,20 @@ import numpy as np
 from lapjax import attribution as attr
 from lapjax import from_flax, lap, viz
 from lapjax.data import sources
-from lapjax.evaluation import explanations
+from lapjax.evaluation import explanations, maps_on_disk, streaming
 from lapjax.evaluation.lap_report import lap_evaluation
-from lapjax.evaluation.methods import standard_methods
+from lapjax.evaluation.methods import method_classifiers, standard_methods
 from lapjax.evaluation.report import write_report
 from lapjax.evaluation.saliency_report import saliency_evaluation
-from lapjax.metrics import (
-  CONSTANT_MAP,
-  EMPTY_MASK,
-  FULL_MASK,
-  NONFINITE_MAP,
-  classification_summary,
-  nan_summary,
-  validity,
-)
+from lapjax.evaluation.streaming import LOCALIZATION_METRICS, MAP_ONLY_METRICS
+from lapjax.metrics import nan_summary
 from lapjax.metrics.sanity import cascading_randomization
+from lapjax.train import sharding
 from lapjax.train.config import BASELINES, validate
 from lapjax.train.config import load_run_config as load_config
-from lapjax.train.loop import (
-  dc_membership,
-  lap_map_layers,
-  load_state,
-  predict,
-)
+from lapjax.train.loop import dc_membership, lap_map_layers, load_state
 
 NUM_FIGURE_IMAGES = 24
-# Localisation-table metrics of the map alone: no mask, no "miss".
-MAP_ONLY_METRICS = ("sparseness",)
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
@@ -61,23 +48,63 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
-             split: str = "test") -> dict[str, Any]:
+             split: str = "test", progress: bool = False) -> dict[str, Any]:
   """Evaluates the run in ``workdir``; returns the report dict.
+
+  Streamed (``lapjax.evaluation.streaming``): classification over the
+  whole split and every method x localisation metric over the first
+  ``config.evaluation.num_images`` images, batch by batch on every device
+  (and every process: with ``config.multihost`` each process loads its
+  slice of each batch); resumable from ``workdir/eval/state.npz``.
 
   Args:
     config: the run's config; None reads ``workdir/config.json``.
     workdir: the run folder written by ``train.py``.
     split: ``'test'`` (default) or ``'validation'``.
+    progress: show a progress bar with ETA.
+
+  Raises:
+    ValueError: unknown method names, or ``workdir/eval/state.npz`` holds
+      an unfinished evaluation with other settings (the fields are named).
   """
   workdir = os.path.abspath(workdir)
   config = load_config(workdir) if config is None else config
   validate(config)
+  if config.multihost and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
   check_method_names(config, sources.data_info(config.data))
   model, state, info = load_state(config, workdir)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.eval_batch_size, mesh,
+                            name="eval_batch_size")
+  sharding.check_batch_size(config.evaluation.batch_size, mesh,
+                            name="evaluation.batch_size")
+  variables = sharding.put_replicated(
+      {"params": state.params, "batch_stats": state.batch_stats}, mesh)
   source, _ = sources.make_source(config.data, split)
-  logits, labels = predict(state, model, source,
-                           batch_size=config.eval_batch_size)
+  first = source.get(np.arange(min(NUM_FIGURE_IMAGES, source.num_examples)))
+  n = min(config.evaluation.num_images, source.num_examples)
+  explained = "mask" in first
+  settings = {"split": split, "step": int(state.step),
+              "model": config.model.to_dict(), "data": config.data.to_dict(),
+              "evaluation": config.evaluation.to_dict(),
+              "explained_images": n if explained else 0,
+              "eval_batch_size": config.eval_batch_size}
+  run_state = streaming.EvaluationState(os.path.join(workdir, "eval"),
+                                        settings)
+  run_state.restore()
+  e = config.evaluation
+  class_batches = streaming.batch_slices(source.num_examples,
+                                         config.eval_batch_size)
+  explain_batches = (streaming.batch_slices(n, e.batch_size) if explained
+                     else [])
+  done = (run_state.next_batch.get("classification", 0)
+          + run_state.next_batch.get("explanations", 0))
+  bar = streaming.Progress(len(class_batches) + len(explain_batches), done,
+                           enabled=progress)
+  _classify(run_state, model, variables, source, class_batches, mesh,
+            config.eval_batch_size, info["num_classes"], bar,
+            save_every=e.save_every)
   report = {
       "workdir": workdir,
       "step": int(state.step),
@@ -85,37 +112,73 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
       "model": config.model.name,
       "data": config.data.name,
       "class_names": info["class_names"],
-      "classification": classification_summary(logits, labels),
+      "classification": streaming.summary_from_confusion(
+          run_state.counts["confusion"]),
+      "devices": {"devices": mesh.size, "processes": jax.process_count()},
   }
   figure = "predictions.png"
-  shown = np.arange(min(NUM_FIGURE_IMAGES, source.num_examples))
-  batch = source.get(shown)
   names = info["class_names"]
-  predicted = logits[shown].argmax(-1)
+  predicted = _logits(model, variables, first["image"]).argmax(-1)
   titles = [f"{names[t]} -> {names[p]}" + ("" if t == p else " (wrong)")
-            for t, p in zip(batch["label"], predicted)]
-  viz.sample_grid(batch, titles, os.path.join(workdir, figure))
+            for t, p in zip(first["label"], predicted)]
+  if jax.process_index() == 0:
+    viz.sample_grid(first, titles, os.path.join(workdir, figure))
   report["figures"] = [figure]
-  if "mask" in batch:
-    report.update(_explanation_report(config, model, variables, source,
-                                      workdir, info, logits))
-    report["figures"] += ["explanations.png", "sanity.png"]
+  if explained:
+    section = _explanation_report(config, model, variables, source,
+                                  workdir, info, run_state, explain_batches,
+                                  mesh, bar)
+    report["figures"] += section.pop("figures")
+    report.update(section)
     if config.lap.mode != "off" or config.evaluation.lap_report:
       val, _ = sources.make_source(config.data, "validation")
       report["lap"] = lap_evaluation(
           config, model, variables, source, val,
           lap_layers=lap_map_layers(config), membership=dc_membership(info),
           key=jax.random.key(config.evaluation.seed))
+  bar.close()
   explained = config.explain_loss.type != "cross_entropy"
-  if "boxes" in batch and (explained or config.evaluation.saliency_report):
+  if "boxes" in first and (explained or config.evaluation.saliency_report):
     layer = config.explain_loss.layer
     report["saliency"] = saliency_evaluation(
         from_flax(model, variables, layers=[layer]),
         source.get(np.arange(min(config.evaluation.num_images,
                                  source.num_examples))),
         layer=layer, fraction=config.explain_loss.top_k)
-  write_report(workdir, report)
+  if jax.process_index() == 0:
+    write_report(workdir, report)
+  run_state.remove()
   return report
+
+
+def _logits(model, variables, images: np.ndarray) -> np.ndarray:
+  """Logits of a few images (inference mode)."""
+  return np.asarray(jax.jit(model.apply)(variables, np.asarray(images)))
+
+
+def _classify(run_state: streaming.EvaluationState, model, variables,
+              source, batches: list[tuple[int, int]], mesh,
+              batch_size: int, num_classes: int, bar: streaming.Progress, *,
+              save_every: int) -> None:
+  """The confusion counts of the whole split, batch by batch, into
+  ``run_state.counts['confusion']``."""
+  counts = streaming.classification_counts(num_classes)
+  step = jax.jit(lambda v, x, t, ok: streaming.replicate(
+      counts(model.apply(v, x), t, ok), mesh))
+  run_state.counts.setdefault("confusion",
+                              np.zeros((num_classes, num_classes), np.int64))
+
+  def one(b):
+    idx, valid = streaming.local_indices(*batches[b], batch_size)
+    batch = source.get(idx)
+    x = streaming.mesh_inputs(mesh, image=batch["image"],
+                              label=batch["label"].astype(np.int32),
+                              valid=valid)
+    run_state.add_counts("confusion", jax.device_get(
+        step(variables, x["image"], x["label"], x["valid"])))
+
+  streaming.run_phase(run_state, "classification", len(batches), one, bar,
+                      save_every=save_every)
 
 
 def check_method_names(config: ml_collections.ConfigDict,
@@ -137,35 +200,19 @@ def check_method_names(config: ml_collections.ConfigDict,
                        f"available: {sorted(table)}")
 
 
-def _scores(maps: np.ndarray, masks: np.ndarray
-            ) -> tuple[dict[str, Any], dict[str, int]]:
-  """Every localisation metric's summary (``nan_summary`` with the
-  invalid / undefined split and the worst-case mean) and the map status
-  counts of one method."""
-  codes = np.asarray(validity(maps, masks))
-  summaries = {}
-  for metric, v in explanations.localization_scores(maps, masks).items():
-    # Sparseness needs no mask and has no "miss": plain summary.
-    summaries[metric] = nan_summary(v) if metric in MAP_ONLY_METRICS \
-        else nan_summary(v, codes, worst=0.0)
-  status = {"usable_masks": int(np.sum((codes != EMPTY_MASK)
-                                       & (codes != FULL_MASK))),
-            "constant_maps": int(np.sum(codes == CONSTANT_MAP)),
-            "nonfinite_maps": int(np.sum(codes == NONFINITE_MAP))}
-  return summaries, status
-
-
 def _explanation_report(config, model, variables, source, workdir,
-                        info: dict[str, Any], logits: np.ndarray
-                        ) -> dict[str, Any]:
-  """Methods x localisation metrics, the figure grid and sanity curves."""
+                        info: dict[str, Any],
+                        run_state: streaming.EvaluationState,
+                        batches: list[tuple[int, int]], mesh,
+                        bar: streaming.Progress) -> dict[str, Any]:
+  """Methods x localisation metrics (streamed), the figure grid, the
+  faithfulness table and the sanity curves (on bounded subsets)."""
   e = config.evaluation
   names = info["class_names"]
   lap_layers = lap_map_layers(config)
+  # The CAM layer of the explanations: config.evaluation.layer.
   clf = from_flax(model, variables, layers=[e.layer, *lap_layers])
-  guided = attr.guided_classifier(model, variables, layers=[e.layer])
-  n = min(e.num_images, source.num_examples)
-  batch = source.get(np.arange(n))
+  n = batches[-1][1] if batches else 0
   key = jax.random.key(e.seed)
   baseline = BASELINES[e.baseline]
   sloc_p = None
@@ -175,8 +222,8 @@ def _explanation_report(config, model, variables, source, workdir,
     sloc_p = attr.calibrate_p(clf, v["image"], v["label"],
                               key=jax.random.fold_in(key, 7),
                               baseline=baseline)
-  table = standard_methods(e.layer, key=key,
-                           image_size=batch["image"].shape[1],
+  image_size = int(source.get(np.arange(1))["image"].shape[1])
+  table = standard_methods(e.layer, key=key, image_size=image_size,
                            ig_steps=e.ig_steps, rise_masks=e.rise_masks,
                            smoothgrad_samples=e.smoothgrad_samples,
                            sloc_masks=e.sloc_masks, sloc_steps=e.sloc_steps,
@@ -185,29 +232,58 @@ def _explanation_report(config, model, variables, source, workdir,
                            dcs=lap.dc_system(dc_membership(info)),
                            lap_decay=config.lap.decay)
   methods = {m: table[m] for m in e.methods}
-  maps = explanations.explain(clf, guided, batch["image"], batch["label"],
-                              methods)
+  # Only ReLU networks have a guided one (a ViT's GELU is refused by name).
+  clfs = {**method_classifiers(
+      methods, model, variables, layers=[e.layer, *lap_layers],
+      input_shape=source.get(np.arange(1))["image"].shape[1:]),
+      "plain": clf}
+  _stream_explanations(run_state, methods, clfs, source, batches,
+                       mesh, e, workdir, bar)
   scores, map_status = {}, {}
-  for name, m in maps.items():
-    scores[name], map_status[name] = _scores(m, batch["mask"])
-  faithfulness = _faithfulness_report(clf, batch, logits[:n], maps, e, key,
-                                      baseline)
+  for name in methods:
+    per = run_state.summaries.get(name, {})
+    scores[name] = {
+        metric: per.get(metric, streaming.RunningSummary()).result(
+            with_codes=metric not in MAP_ONLY_METRICS)
+        for metric in LOCALIZATION_METRICS}
+    usable, constant, nonfinite = run_state.counts.get(
+        f"status/{name}", np.zeros(3, np.int64)).tolist()
+    map_status[name] = {"usable_masks": int(usable),
+                        "constant_maps": int(constant),
+                        "nonfinite_maps": int(nonfinite)}
+  kept_index = run_state.arrays.get("kept/index", np.zeros(0, np.int64))
+  kept = source.get(kept_index) if len(kept_index) else None
+  kept_maps = {name: run_state.arrays[f"kept/{name}"] for name in methods
+               if len(kept_index)}
+  faithfulness = {}
+  if kept is not None and e.faithfulness_images:
+    f = e.faithfulness_images
+    subset = {k: v[:f] for k, v in kept.items()}
+    faithfulness = _faithfulness_report(
+        clf, subset, _logits(model, variables, subset["image"]),
+        {k: v[:f] for k, v in kept_maps.items()}, e, key, baseline)
   if sloc_p is not None:
     faithfulness["sloc_xp_p"] = list(sloc_p)
-  shown = np.flatnonzero(batch["label"] > 0)[:e.figure_images]
-  viz.explanation_grid(batch["image"][shown], batch["mask"][shown],
-                       {k: v[shown] for k, v in maps.items()},
-                       [names[y] for y in batch["label"][shown]],
-                       os.path.join(workdir, "explanations.png"))
+  figures = []
+  if kept is not None and e.figure_images:
+    figures.append("explanations.png")
+    shown = slice(0, e.figure_images)
+    if jax.process_index() == 0:
+      viz.explanation_grid(kept["image"][shown], kept["mask"][shown],
+                           {k: v[shown] for k, v in kept_maps.items()},
+                           [names[y] for y in kept["label"][shown]],
+                           os.path.join(workdir, "explanations.png"))
   # One randomisation draw is noisy (a random head flips whole maps), so
   # the curves average image means over several keys.
   sanity = {}
   k = min(e.sanity_images, n)
+  head = source.get(np.arange(k))
   for name in e.sanity_methods:
     m = table[name]
-    module = model.clone(act=attr.guided_relu) if m.guided else model
+    module = (model.clone(act=attr.guided_relu)
+              if m.classifier == "guided" else model)
     runs = [cascading_randomization(
-        module, variables, batch["image"][:k], batch["label"][:k], m.fn,
+        module, variables, head["image"], head["label"], m.fn,
         key=jax.random.fold_in(key, 1 + d), classifier_layers=[e.layer],
         **m.kwargs) for d in range(e.sanity_keys)]
     curves = {s: np.stack([np.nanmean(np.asarray(r["similarity"][s]), 1)
@@ -217,11 +293,85 @@ def _explanation_report(config, model, variables, source, workdir,
                     **{s: c.mean(0).tolist() for s, c in curves.items()},
                     **{s + "_std_over_keys": c.std(0).tolist()
                        for s, c in curves.items()}}
-  viz.sanity_curves(sanity, os.path.join(workdir, "sanity.png"))
-  return {"explanations": {"n_images": int(n), "targets": "true class",
+  if sanity:
+    figures.append("sanity.png")
+    if jax.process_index() == 0:
+      viz.sanity_curves(sanity, os.path.join(workdir, "sanity.png"))
+  return {"figures": figures,
+          "explanations": {"n_images": int(n), "targets": "true class",
+                           "batch_size": int(e.batch_size),
                            "scores": scores, "map_status": map_status},
           "faithfulness": faithfulness,
           "sanity": sanity}
+
+
+def _stream_explanations(run_state: streaming.EvaluationState,
+                         methods: dict, clfs, source,
+                         batches: list[tuple[int, int]], mesh, e,
+                         workdir: str, bar: streaming.Progress) -> None:
+  """Every method's localisation sums over ``batches``, the maps of the
+  first ``max(figure_images, faithfulness_images)`` clue images kept in
+  ``run_state.arrays`` and, with ``e.write_maps``, every map written to
+  ``workdir/eval/maps`` (``maps_on_disk``)."""
+  fns = {}
+  for name, m in methods.items():
+    c = clfs[m.classifier]
+    fns[name] = streaming.checked_map_statistics(
+        lambda x, t, m=m, c=c: m.fn(c, x, t, **m.kwargs), mesh)
+  want = max(e.figure_images, e.faithfulness_images)
+  arrays = run_state.arrays
+  arrays.setdefault("kept/index", np.zeros(0, np.int64))
+  for name in methods:
+    arrays.setdefault(f"kept/{name}", np.zeros((0, 1, 1), np.float32))
+
+  def one(b):
+    start, stop = batches[b]
+    idx, valid = streaming.local_indices(start, stop, e.batch_size)
+    batch = source.get(idx)
+    x = streaming.mesh_inputs(mesh, image=batch["image"],
+                              label=batch["label"].astype(np.int32),
+                              mask=batch["mask"], valid=valid)
+    keep = np.zeros(0, np.int64)
+    if len(arrays["kept/index"]) < want:
+      labels, ok = streaming.gather(batch["label"]), streaming.gather(valid)
+      keep = np.flatnonzero((labels > 0) & ok)[
+          :want - len(arrays["kept/index"])]
+      arrays["kept/index"] = np.concatenate([arrays["kept/index"],
+                                             start + keep])
+    local = {}
+    for name, fn in fns.items():
+      where = f"method {name!r}, images {start} to {stop - 1}"
+      try:
+        maps, stats = fn(x["image"], x["label"], x["mask"], x["valid"])
+      except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+      stats = jax.device_get(stats)
+      if stats.pop("nonfinite"):
+        whole = streaming.gather(maps)
+        ok = streaming.gather(valid)
+        bad = np.flatnonzero(
+            ~np.isfinite(whole).reshape(len(whole), -1).all(1) & ok)
+        raise ValueError(
+            f"{where}: maps must be finite; got NaN or inf in the maps of "
+            f"images {(start + bad[:8]).tolist()} (is the model's output "
+            "finite on them?)")
+      run_state.add_counts(f"status/{name}", stats.pop("status"))
+      for metric, value in stats.items():
+        run_state.summary(name, metric).add(np.asarray(value, np.float64))
+      if len(keep):
+        new = streaming.gather(maps)[keep]
+        old = arrays[f"kept/{name}"]
+        arrays[f"kept/{name}"] = (np.concatenate([old, new]) if len(old)
+                                  else new)
+      if e.write_maps:
+        local[name] = maps_on_disk.local_rows(maps)
+    if e.write_maps:
+      maps_on_disk.write_shard(os.path.join(workdir, "eval", "maps"), b,
+                               idx[valid], batch["label"][valid],
+                               {k: v[valid] for k, v in local.items()})
+
+  streaming.run_phase(run_state, "explanations", len(batches), one, bar,
+                      save_every=e.save_every)
 
 
 def _faithfulness_report(clf, batch, logits, maps, e, key, baseline

@@ -11,6 +11,8 @@ and sparseness (Gini, of ``|map|``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,13 @@ from lapjax.evaluation.methods import Method
 def localization_scores(maps: jax.Array, masks: jax.Array
                         ) -> dict[str, np.ndarray]:
   """``{metric: [N]}`` for maps ``[N, H, W]`` and masks ``[N, H, W]``."""
+  return {name: np.asarray(v)
+          for name, v in localization_values(maps, masks).items()}
+
+
+def localization_values(maps: jax.Array, masks: jax.Array
+                        ) -> dict[str, jax.Array]:
+  """``localization_scores`` as JAX arrays (jittable)."""
   maps, masks = jnp.asarray(maps), jnp.asarray(masks)
   k = max(1, int(0.05 * maps.shape[1] * maps.shape[2]))
   binary = postprocess.binarize_mean_std(jax.nn.relu(maps))
@@ -39,7 +48,7 @@ def localization_scores(maps: jax.Array, masks: jax.Array
       "region_attribution": metrics.region_attribution(maps, masks),
       "sparseness": metrics.sparseness(maps),
   }
-  return {name: np.asarray(v) for name, v in out.items()}
+  return out
 
 
 # Jitted once per classifier (and steps), shared by every method's maps.
@@ -84,12 +93,13 @@ def faithfulness_scores(classifier: Classifier, images: np.ndarray,
   return {k: np.concatenate(v) for k, v in out.items()}, skipped
 
 
-def explain(classifier: Classifier, guided: Classifier,
+def explain(classifiers: Mapping[str, Classifier],
             images: np.ndarray, labels: np.ndarray,
             methods: dict[str, Method], *, batch_size: int = 32
             ) -> dict[str, np.ndarray]:
   """Maps ``[N, H, W]`` of every method for the given labels (jitted,
-  ``batch_size`` images per call).
+  ``batch_size`` images per call); ``classifiers`` maps each
+  ``Method.classifier`` kind to its classifier (``method_classifiers``).
 
   The methods' input checks hold under this ``jit`` (``jit_checked``):
   non-finite images, labels outside ``[0, K)`` or SLOC's non-finite model
@@ -98,7 +108,7 @@ def explain(classifier: Classifier, guided: Classifier,
   """
   out = {}
   for name, m in methods.items():
-    clf = guided if m.guided else classifier
+    clf = classifiers[m.classifier]
     f = jit_checked(lambda x, t, m=m, clf=clf: m.fn(clf, x, t, **m.kwargs))
     batches = []
     for i in range(0, len(images), batch_size):

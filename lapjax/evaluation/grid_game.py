@@ -20,6 +20,7 @@ model would otherwise see clues half as large as any it was trained on).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ def score_maps(maps: jax.Array, grids: dict[str, np.ndarray]
   return out
 
 
-def run_grid_game(classifier: Classifier, guided: Classifier,
+def run_grid_game(classifiers: Mapping[str, Classifier],
                   grids: dict[str, np.ndarray],
                   methods: dict[str, Method], *, batch_size: int = 8
                   ) -> dict[str, dict[str, np.ndarray]]:
@@ -72,7 +73,7 @@ def run_grid_game(classifier: Classifier, guided: Classifier,
   Returns:
     ``{method or method+AL: {metric: [G * 4] values}}``.
   """
-  all_maps = explanations.explain(classifier, guided, grids["image"],
+  all_maps = explanations.explain(classifiers, grids["image"],
                                   grids["labels"], methods,
                                   batch_size=batch_size)
   results = {}

@@ -25,19 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lapjax import attribution as attr
 from lapjax import metrics
 from lapjax.attribution import core, postprocess
 from lapjax.attribution.lap_maps import dc_maps
 from lapjax.classifier import Classifier, from_flax
 from lapjax.evaluation import explanations
-from lapjax.evaluation.methods import standard_methods
+from lapjax.evaluation.methods import method_classifiers, standard_methods
 from lapjax.lap.dcs import DCSystem, dc_system
 from lapjax.metrics import nan_summary
 
 BINARIZATIONS = ("mu_sigma", "top_k_gt", "learned", "lap_0.5")
 BASELINE_METHODS = ("gradient", "input_x_gradient", "integrated_gradients",
-                    "guided_backprop", "grad_cam", "guided_grad_cam")
+                    "guided_backprop", "grad_cam", "guided_grad_cam",
+                    "lrp", "deeplift", "relevance_cam")
 
 
 def _correct_clue_images(clf: Classifier, batch: dict, dcs: DCSystem
@@ -87,15 +87,16 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
   methods = {m: table[m] for m in wanted}
   if lap_layers:
     methods.update({m: v for m, v in table.items() if m.startswith("lap")})
-  guided = (attr.guided_classifier(model, variables, layers=[e.layer])
-            if any(m.guided for m in methods.values()) else None)
+  image_shape = test_source.get(np.arange(1))["image"].shape[1:]
+  clfs = {**method_classifiers(methods, model, variables, layers=[e.layer],
+                               input_shape=image_shape), "plain": clf}
 
   def explained(source, n):
     batch = source.get(np.arange(min(n, source.num_examples)))
     keep, pred = _correct_clue_images(clf, batch, dcs)
     if not len(keep):
       return batch, keep, pred, None
-    maps = explanations.explain(clf, guided, batch["image"][keep],
+    maps = explanations.explain(clfs, batch["image"][keep],
                                 batch["label"][keep], methods)
     return batch, keep, pred, {k: np.maximum(v, 0) for k, v in maps.items()}
 

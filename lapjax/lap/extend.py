@@ -14,7 +14,9 @@
   backbone unchanged (always in inference mode) and runs one ``LAPHead``
   (plus a discriminative one) on the stop-gradient features of chosen
   layers. Its logits are the backbone's, bit for bit; train it with the
-  backbone frozen (``config.trainable = ('laps',)``).
+  backbone frozen (``config.trainable = ('laps',)``). A transformer
+  backbone's token layers (``block2``) are read as their patch grids
+  ``[B, h, w, D]`` (``lapjax.tokens``), so its LAP maps lie on the image.
 
 Both record maps in the ``'lap'`` collection in call order (shallow to
 deep); ``lap_outputs`` reads them.
@@ -32,6 +34,7 @@ import jax
 from lapjax.lap.head import LAPHead
 from lapjax.lap.pool import AGGREGATIONS, LAPPool
 from lapjax.models.layers import Activation, inject_backbone_act, standard_pool
+from lapjax.tokens import module_token_layout, tap_layout, tokens_to_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +146,13 @@ class DetachedLAPModel(nn.Module):
     if missing:
       raise ValueError(f"detached LAP layers {missing} are not layers of "
                        "the backbone (see lapjax.available_layers)")
+    tokens = module_token_layout(self.backbone)
+    if tokens is not None:
+      image_hw = x.shape[1:3]
+      features = {
+          n: tokens_to_grid(f, tap_layout(tokens, f.shape[1], image_hw),
+                            image_hw, name=f"detached LAP layer {n!r}")
+          if f.ndim == 3 else f for n, f in features.items()}
     laps = _Heads(self.layers, self.num_dcs, self.head_widths,
                   self.discriminative, name="laps")
     laps({n: jax.lax.stop_gradient(features[n]) for n in self.layers})

@@ -7,8 +7,11 @@ directories can hold also export ``HF_MODEL_TYPES`` (``config.json``'s
 
 * ``CARDS``: every card by name;
 * ``MODELS``: every constructor by name (the cards' ``build`` plus
-  ``'small_cnn'``, the clue benchmark's CNN, which has no pretrained
-  weights and so no card);
+  ``'small_cnn'``, the clue benchmark's CNN, and ``'vit'``, a
+  ``VisionTransformer`` sized entirely by its keyword arguments (patch
+  size, width, depth, heads, ``image_size``), as ``configs/vit.py`` trains
+  it from scratch on the clue benchmark; neither has pretrained weights
+  and so a card);
 * ``HF_MODEL_TYPES``: the Hugging Face builders by ``model_type``.
 
 ``create_model`` and ``get_card`` look names up; an unknown name fails with
@@ -56,7 +59,8 @@ def _gather(families: Iterable[ModuleType], attr: str) -> dict[str, Any]:
 CARDS: dict[str, ModelCard] = _gather(_FAMILIES, "CARDS")
 HF_MODEL_TYPES: dict[str, HFBuilder] = _gather(_FAMILIES, "HF_MODEL_TYPES")
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": SmallCNN, **{n: c.build for n, c in CARDS.items()}}
+    "small_cnn": SmallCNN, "vit": vit.VisionTransformer,
+    **{n: c.build for n, c in CARDS.items()}}
 
 
 def _unknown(name: str, kind: str, names: Iterable[str]) -> ValueError:
@@ -72,11 +76,12 @@ def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 
   Args:
     name: a timm-style zoo name (``'resnet50'``, ``'densenet121'``,
-      ``'vit_base_patch16_224'``; ``CARDS``) or ``'small_cnn'``.
+      ``'vit_base_patch16_224'``; ``CARDS``), ``'small_cnn'`` or ``'vit'``.
     num_classes: logits per image.
     **kwargs: the model's attributes, e.g. ``widths`` for ``small_cnn``,
       ``width`` and ``small_inputs`` for the ResNets, ``act`` for ReLU
-      models.
+      models, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads`` and
+      ``image_size`` for ``'vit'``.
 
   Returns:
     The Flax linen module (random initialisation: weights come from

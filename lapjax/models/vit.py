@@ -34,8 +34,10 @@ zero and a Grad-CAM there is an empty map. The cards' ``cam_layer`` is
 therefore ``block{depth}/norm1``, the normalised input of the last block,
 whose patch tokens the class token attends to (pytorch-grad-cam's choice,
 ``model.blocks[-1].norm1``, so maps compare with published ones). Token taps
-become ``[B, h, w, D]`` maps by dropping the ``num_prefix_tokens`` class
-token and reshaping to the card's ``token_grid`` (row-major).
+become ``[B, h, w, D]`` maps by dropping the class token and reshaping the
+patch tokens to the input's grid (row-major): ``lapjax.from_flax`` reads
+``token_layout()`` and does it for every token tap (``from_flax(...,
+tokens=None)`` keeps the tokens).
 
 Input size. The position embeddings are learned for the patch grid of
 ``image_size``. Any other input whose sides are multiples of ``p`` is
@@ -75,6 +77,8 @@ from lapjax.models.card import (
   Source,
   VariablePath,
 )
+from lapjax.models.layers import Activation
+from lapjax.tokens import TokenLayout
 
 
 def _cubic_antialias(x: np.ndarray) -> np.ndarray:
@@ -184,16 +188,26 @@ class Attention(nn.Module):
     return nn.Dense(d, name="proj")(out)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact GELU, ``x * Phi(x)`` with the normal CDF by ``erf`` (timm's
+  ``nn.GELU``, Hugging Face's ``'gelu'``)."""
+  return nn.gelu(x, approximate=False)
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """GELU with the tanh approximation (Hugging Face's ``'gelu_new'``)."""
+  return nn.gelu(x, approximate=True)
+
+
 class Mlp(nn.Module):
-  """``fc2(GELU(fc1(x)))``; exact (erf) GELU unless ``approximate_gelu``."""
+  """``fc2(act(fc1(x)))``."""
   hidden_dim: int
-  approximate_gelu: bool = False
+  act: Activation = gelu
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.Dense(self.hidden_dim, name="fc1")(x)
-    y = nn.gelu(y, approximate=self.approximate_gelu)
-    return nn.Dense(x.shape[-1], name="fc2")(y)
+    return nn.Dense(x.shape[-1], name="fc2")(self.act(y))
 
 
 class Block(nn.Module):
@@ -202,7 +216,7 @@ class Block(nn.Module):
   mlp_dim: int
   layer_norm_eps: float = 1e-6
   qkv_bias: bool = True
-  approximate_gelu: bool = False
+  act: Activation = gelu
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -210,7 +224,7 @@ class Block(nn.Module):
                              use_fast_variance=False)
     x = x + Attention(self.num_heads, self.qkv_bias, name="attn")(
         norm(name="norm1")(x))
-    return x + Mlp(self.mlp_dim, self.approximate_gelu, name="mlp")(
+    return x + Mlp(self.mlp_dim, self.act, name="mlp")(
         norm(name="norm2")(x))
 
 
@@ -228,8 +242,10 @@ class VisionTransformer(nn.Module):
       sizes resample them (module docstring).
     layer_norm_eps: LayerNorm epsilon (timm 1e-6, Hugging Face 1e-12).
     qkv_bias: whether ``qkv`` has a bias.
-    approximate_gelu: tanh GELU (Hugging Face ``'gelu_new'``) instead of the
-      exact erf GELU of ``nn.GELU``.
+    act: the MLP activation: ``gelu`` (exact, timm's ``nn.GELU``) or
+      ``gelu_tanh`` (Hugging Face ``'gelu_new'``). Injectable like the
+      ``act`` of lapjax's ReLU models, so ``guided_classifier`` sees that a
+      ViT is not a ReLU network and refuses it by name.
   """
   num_classes: int = 1000
   patch_size: int = 16
@@ -240,7 +256,14 @@ class VisionTransformer(nn.Module):
   image_size: tuple[int, int] = (224, 224)
   layer_norm_eps: float = 1e-6
   qkv_bias: bool = True
-  approximate_gelu: bool = False
+  act: Activation = gelu
+
+  def token_layout(self) -> TokenLayout:
+    """How the token taps map onto the image: ``patch_size`` square patches
+    after one class token. ``lapjax.from_flax`` reads it, so token taps
+    come out as ``[B, h, w, D]`` grids with no argument from the user."""
+    return TokenLayout((self.patch_size, self.patch_size),
+                       num_prefix_tokens=1)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -267,8 +290,7 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([cls_tokens, tokens], axis=1) + pos_embed
     for i in range(self.depth):
       x = Block(self.num_heads, self.mlp_dim or 4 * d, self.layer_norm_eps,
-                self.qkv_bias, self.approximate_gelu,
-                name=f"block{i + 1}")(x)
+                self.qkv_bias, self.act, name=f"block{i + 1}")(x)
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, use_fast_variance=False,
                      name="norm")(x)
     return nn.Dense(self.num_classes, name="head")(x[:, 0])
@@ -356,7 +378,8 @@ separate ``query``/``key``/``value`` tensors, fused into ``qkv`` on import."""
 
 LAYOUTS: Mapping[str, Layout] = {"timm": TIMM_LAYOUT, "hf": HF_LAYOUT}
 
-_HF_GELU = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
+_HF_GELU = {"gelu": gelu, "gelu_new": gelu_tanh,
+            "gelu_pytorch_tanh": gelu_tanh}
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -407,7 +430,7 @@ def vit_from_hf_config(config: Mapping[str, Any],
       image_size=_pair(config.get("image_size", 224), "image_size"),
       layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
       qkv_bias=bool(config.get("qkv_bias", True)),
-      approximate_gelu=_HF_GELU[act])
+      act=_HF_GELU[act])
   return module, HF_LAYOUT
 
 

@@ -124,6 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
       "guided_backprop", "grad_cam", "grad_cam_plus_plus", "layer_cam",
       "guided_grad_cam", "score_cam", "occlusion", "rise", "lafam", "sloc")
   c.evaluation.num_images = 128       # test images explained and scored
+  #   (a number >= the split's size scores the whole split, streamed)
+  c.evaluation.batch_size = 32        # images per explanation batch (global)
+  c.evaluation.save_every = 20        # batches between saved states
+  #   (workdir/eval/state.npz; a killed evaluation resumes from it)
+  c.evaluation.write_maps = False     # maps to workdir/eval/maps/ (shards)
   c.evaluation.figure_images = 6      # rows of explanations.png
   c.evaluation.ig_steps = 32          # integrated gradients path points
   c.evaluation.rise_masks = 500       # RISE masks
@@ -147,7 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
   #   explain_loss.layer (always on for runs trained with explain_loss)
   c.evaluation.lap_images = 256       # test images (correct clue images used)
   c.evaluation.lap_val_images = 128   # validation images (learned threshold)
-  c.evaluation.grid_games = 24        # grids per set (benchmarks/grid_game)
+  c.evaluation.grid_games = 24        # grids per set (studies/grid_game)
   c.evaluation.grid_seeds = 3         # independent grid sets (noise)
   return c
 
@@ -164,7 +169,8 @@ def _paths(config, prefix=""):
 BASELINES = {"zero": 0.0, "blur": "blur"}
 ON_NONFINITE = ("stop", "skip")
 # config.evaluation sizes and their smallest values.
-EVALUATION_SIZES = {"num_images": 1, "figure_images": 0, "ig_steps": 1,
+EVALUATION_SIZES = {"num_images": 1, "batch_size": 1, "save_every": 1,
+                    "figure_images": 0, "ig_steps": 1,
                     "rise_masks": 1, "smoothgrad_samples": 1,
                     "sloc_masks": 1, "sloc_steps": 1,
                     "sloc_calibration_images": 1, "faithfulness_images": 0,

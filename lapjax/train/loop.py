@@ -27,6 +27,7 @@ written.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -280,11 +281,13 @@ def predict(state: TrainState, model: nn.Module, source: batching.Source,
                  in_shardings=(sharding.replicated(mesh),
                                sharding.data_sharded(mesh)),
                  out_shardings=sharding.replicated(mesh))
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state = sharding.put_replicated(state, mesh)
   logits, labels = [], []
+  per = batch_size // jax.process_count()      # this process's rows
+  rows = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
   for batch in batching.eval_batches(source, batch_size):
     valid = batch.pop("valid")
-    arrays = sharding.shard_batch({"image": batch["image"]}, mesh)
+    arrays = sharding.shard_batch({"image": batch["image"][rows]}, mesh)
     logits.append(np.asarray(step(state, arrays))[valid])
     labels.append(batch["label"][valid])
   return np.concatenate(logits), np.concatenate(labels)
@@ -310,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       folder with checkpoints but no ``config.json``.
   """
   validate(config)
-  if config.multihost:
+  if config.multihost and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -337,8 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       workdir, save_every=config.checkpoint_every)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if manager.latest_step() is not None:
-    state = checkpoint.restore(manager, jax.device_put(
-        state, sharding.replicated(mesh)))
+    state = checkpoint.restore(manager,
+                               sharding.put_replicated(state, mesh))
     unreadable = [s for s in manager.all_steps() if s > int(state.step)]
     if unreadable and jax.process_index() == 0:
       moved = checkpoint.set_aside(manager, unreadable)
@@ -354,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   elif config.pretrained.path is not None:
     state = pretrained.init_from_pretrained(
         state, tx, config, num_classes=info["num_classes"])
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state = sharding.put_replicated(state, mesh)
   if jax.process_index() == 0:
     run_folder.atomic_write(os.path.join(workdir, "config.json"),
                             config.to_json_best_effort(indent=2))
@@ -375,12 +378,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   local_batch = config.batch_size // jax.process_count()
   start = int(state.step)
   last_saved = start if manager.latest_step() is not None else None
-  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not progress,
+  bar = tqdm.tqdm(total=config.num_steps, initial=start,
+                  disable=not progress or jax.process_index() != 0,
                   desc="train", unit="step", mininterval=2.0)
   t0, window = time.perf_counter(), 0     # steps since the last log line
   sums: dict[str, jax.Array] = {}
   unchecked: list[tuple[int, jax.Array, jax.Array]] = []  # stop mode flags
-  with open(metrics_path, "a") as metrics_file:
+  # Every file of the run folder is written by process 0 only.
+  with (open(metrics_path, "a") if jax.process_index() == 0
+        else contextlib.nullcontext()) as metrics_file:
     for step in range(start, config.num_steps):
       host_batch = batching.train_batch(
           train_source, config.batch_size, step, config.data.seed)

@@ -29,6 +29,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def put_replicated(tree, mesh: Mesh):
+  """``tree``'s arrays replicated on every device of ``mesh``.
+
+  With several processes each process passes the same values (e.g. the
+  same checkpoint) and places its own copies; ``jax.device_put`` of an
+  array that lives on one process's device would need a cross-host
+  transfer, which the CPU backend does not have.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding,
+                                        lambda index: host[index])
+  return jax.tree.map(put, tree)
+
+
 def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 

@@ -141,12 +141,13 @@ def test_explain_raises_for_bad_labels_and_images(cnn):
   with pytest.raises(ValueError, match=r"method 'grad_cam', images 0 to 1: "
                      r"targets must be class indices in \[0, 4\); got "
                      r"values in \[-1, 2\]"):
-    explain(clf, clf, images, np.array([2, -1, 0]), methods, batch_size=2)
+    explain({"plain": clf}, images, np.array([2, -1, 0]), methods,
+            batch_size=2)
   bad = images.copy()
   bad[2, 0, 0, 0] = np.nan
   with pytest.raises(ValueError, match=r"images 2 to 2: x has 1 non-finite"):
-    explain(clf, clf, bad, np.array([2, 1, 0]), methods, batch_size=2)
-  maps = explain(clf, clf, images, np.array([2, 1, 0]), methods,
+    explain({"plain": clf}, bad, np.array([2, 1, 0]), methods, batch_size=2)
+  maps = explain({"plain": clf}, images, np.array([2, 1, 0]), methods,
                  batch_size=2)["grad_cam"]
   np.testing.assert_allclose(
       maps, attr.grad_cam(clf, x, jnp.array([2, 1, 0]), layer="block2"),
@@ -171,7 +172,8 @@ def test_explain_runs_the_methods_checked(cnn):
                            sloc_steps=2, sloc_p=(0.5, 0.5))
   table = {name: table[name] for name in CHECKED_METHODS}
   labels = np.array([0, 3, 1])
-  maps = explain(clf, guided, np.asarray(x), labels, table)
+  maps = explain({"plain": clf, "guided": guided}, np.asarray(x), labels,
+                 table)
   assert set(maps) == set(table)
   for name, m in maps.items():
     assert m.shape == x.shape[:3], name
@@ -196,7 +198,7 @@ def test_explain_raises_for_non_finite_maps(cnn):
   with pytest.raises(ValueError, match=r"method 'gradient', images 0 to 2: "
                      r"maps must be finite; got NaN or inf in the maps of "
                      r"images \[1\]"):
-    explain(broken, broken, np.asarray(x), np.array([0, 1, 2]), methods)
+    explain({"plain": broken}, np.asarray(x), np.array([0, 1, 2]), methods)
 
 
 # -- remaining argument checks ----------------------------------------------

@@ -5,6 +5,7 @@ bias-free ReLU networks, and Zennit's relevance on two small torch networks
 (fixtures made by tools/fixtures/make_relevance.py; no torch here).
 """
 
+import dataclasses
 import pathlib
 
 import flax.linen as nn
@@ -112,6 +113,35 @@ def test_zbox_flat_wsquare_rules_by_hand():
       (w ** 2 / _stab((w ** 2).sum(0) + b ** 2) * r).sum(1), rtol=1e-5)
   np.testing.assert_array_equal(
       _run(rules.Pass(), x[:4], w[:4], b, r), r)
+
+
+@pytest.mark.parametrize("rule", [rules.ZPlus(), rules.AlphaBeta(2.0, 1.0),
+                                  rules.Gamma(0.5)])
+def test_rules_with_known_non_negative_inputs_equal_the_checked_ones(rule):
+  x, w, b, r = _dense_case(4)
+  x = np.abs(x)
+  checked = _run(rule, x, w, b, r)
+  known = rule(jnp.asarray(x), _dense, jnp.asarray(w), jnp.asarray(b),
+               jnp.asarray(r), non_negative=True)
+  np.testing.assert_allclose(known, checked, rtol=1e-6)
+
+
+def test_relu_outputs_skip_the_run_time_sign_check():
+  """Under EpsilonPlusFlat no z+ layer of the SmallCNN checks its input's
+  sign at run time (all read ReLU outputs or their pools); under
+  EpsilonAlpha2Beta1 only the first layer, which reads the image, does."""
+  model = SmallCNN(4, widths=(4, 8))
+  x = jnp.ones((1, 8, 12, 3))
+  v = jax.eval_shape(model.init, jax.random.key(0), x)
+
+  def conds(comp):
+    jaxpr = jax.make_jaxpr(lambda v: rel.lrp(
+        rel.relevance_classifier(model, v), x, jnp.array([0]),
+        composite=comp))(v)
+    return str(jaxpr).count(" cond[")
+
+  assert conds("epsilon_plus_flat") == 0
+  assert conds("epsilon_alpha2_beta1") == 1
 
 
 def test_stabilize_is_zennits():
@@ -433,3 +463,81 @@ def test_layers_without_a_rule_are_named(model, comp, match):
   c = rel.relevance_classifier(model, model.init(jax.random.key(0), x))
   with pytest.raises(ValueError, match=match):
     rel.lrp(c, x, jnp.array([0]), composite=comp)
+
+
+# --- The zoo's ResNet-50, VGG-16 and DenseNet-121 ----------------------------
+
+# Each family's blocks, stem, pools, shortcuts and norms at reduced width
+# and depth (random init; relevance does not need trained weights; the
+# full-depth models are checked in docs/relevance.md).
+ZOO = {
+    "resnet50": ("stage2", dict(width=8, stage_sizes=(1, 1))),
+    "vgg16": ("block3", dict(blocks=((4, 4), (8, 8), (8, 8, 8)),
+                             classifier_width=16, pool_size=(1, 1))),
+    "densenet121": ("features", dict(growth_rate=4, num_init_features=8,
+                                     bn_size=2, block_config=(2, 2))),
+}
+def zoo_norms(name):
+  # DenseNet's norms come before their convolutions: Zennit's Pass.
+  return "pass" if name.startswith("densenet") else "error"
+
+
+def bias_free(variables, key):
+  """Zero biases and BatchNorm means, random scales and variances: merged
+  layers without bias, so that the epsilon rule conserves relevance."""
+  keys = iter(jax.random.split(key, 10_000))
+
+  def param(path, a):
+    if path[-1].key == "bias":
+      return jnp.zeros_like(a)
+    if path[-1].key == "scale":
+      return jax.random.uniform(next(keys), a.shape, a.dtype, 0.5, 1.5)
+    return a
+
+  def stat(path, a):
+    if path[-1].key == "mean":
+      return jnp.zeros_like(a)
+    return jax.random.uniform(next(keys), a.shape, a.dtype, 0.5, 2.0)
+
+  return {"params": jax.tree.map_with_path(param, variables["params"]),
+          "batch_stats": jax.tree.map_with_path(
+              stat, variables.get("batch_stats", {}))}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_models_conserve_relevance(name):
+  """Bias-free, the epsilon rule (eps -> 0) sums to the logit through each
+  family's residual additions, concatenations, max / average / adaptive
+  pools and (DenseNet) passed pre-activation norms; EpsilonPlusFlat and
+  Relevance-CAM run and are finite."""
+  from lapjax.models import create_model
+  layer, options = ZOO[name]
+  model = create_model(name, num_classes=5, **options)
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 24, 3))
+  v = bias_free(model.init(jax.random.key(1), x), jax.random.key(2))
+  c = rel.relevance_classifier(model, v, layers=(layer,))
+  targets = jnp.array([1, 3])
+  logits = model.apply(v, x)[jnp.arange(2), targets]
+  assert np.all(np.abs(logits) > 1e-6)
+  norms = zoo_norms(name)
+  eps = rel.composite({nn.Conv: rules.Epsilon(1e-9),
+                       nn.Dense: rules.Epsilon(1e-9)}, norms=norms)
+  np.testing.assert_allclose(rel.lrp(c, x, targets, composite=eps)
+                             .sum((1, 2)), logits, rtol=1e-4)
+  flat = dataclasses.replace(rel.epsilon_plus_flat(), norms=norms)
+  maps = rel.lrp(c, x, targets, composite=flat)
+  assert maps.shape == (2, 16, 24) and np.all(np.isfinite(maps))
+  cam = rel.relevance_cam(c, x, targets, layer=layer, composite=flat)
+  assert cam.shape == (2, 16, 24) and np.all(np.isfinite(cam))
+  assert np.all(cam >= 0) and cam.max() > 0
+
+
+def test_unknown_layers_name_relevance_classifier(cnn):
+  c, x = cnn
+  with pytest.raises(ValueError, match=r"unknown layer 'block1'.*"
+                     r"relevance_classifier\(module, variables, layers="):
+    rel.lrp(c, x, jnp.array([0, 1, 2]), layer="block1")
+  model = SmallCNN(4, widths=(4, 8))
+  with pytest.raises(ValueError, match="relevance_classifier needs layers="):
+    rel.relevance_classifier(model, model.init(jax.random.key(0), x),
+                             layers=None)

@@ -11,7 +11,18 @@ from configs import default, sloc
 from lapjax import attribution as attr
 from lapjax import explain_loss, from_flax
 from lapjax.data import sources
+from lapjax.evaluation import explanations
 from lapjax.evaluation.evaluate import evaluate
+from lapjax.evaluation.maps_on_disk import read_maps
+from lapjax.evaluation.methods import method_classifiers, standard_methods
+from lapjax.metrics import (
+  CONSTANT_MAP,
+  EMPTY_MASK,
+  FULL_MASK,
+  classification_summary,
+  nan_summary,
+  validity,
+)
 from lapjax.train import load_state, predict, run_folder, train_and_evaluate
 
 
@@ -33,21 +44,135 @@ def run(tmp_path_factory):
   return workdir
 
 
+# Methods of every kind: plain and guided gradients, a CAM, perturbation,
+# stochastic (SmoothGrad's noise depends on the batch).
+STREAMED_METHODS = ("gradient", "smoothgrad", "guided_backprop", "grad_cam",
+                    "occlusion")
+
+
+def _streamed_config(**evaluation):
+  """The tiny run's config on 128 test images, in batches of 32."""
+  config = default.get_config("tiny")
+  config.data.num_test = 128
+  config.evaluation.num_images = 128
+  config.evaluation.methods = STREAMED_METHODS
+  config.evaluation.sanity_methods = ()
+  config.evaluation.write_maps = True
+  config.evaluation.update(evaluation)
+  return config
+
+
+@pytest.fixture(scope="module")
+def streamed(run):
+  """The report of ``_streamed_config`` and the maps of its methods
+  computed in memory, as evaluate.py did before streaming."""
+  config = _streamed_config()
+  report = evaluate(config, str(run))
+  e = config.evaluation
+  model, state, info = load_state(config, str(run))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  src, _ = sources.make_source(config.data, "test")
+  batch = src.get(np.arange(e.num_images))
+  table = standard_methods(
+      e.layer, key=jax.random.key(e.seed), image_size=32,
+      ig_steps=e.ig_steps, rise_masks=e.rise_masks,
+      smoothgrad_samples=e.smoothgrad_samples, baseline=0.0)
+  methods = {m: table[m] for m in e.methods}
+  clfs = method_classifiers(methods, model, variables, layers=[e.layer],
+                            input_shape=batch["image"].shape[1:])
+  clf = clfs["plain"]
+  maps = explanations.explain(clfs, batch["image"], batch["label"],
+                              methods, batch_size=e.batch_size)
+  return config, report, maps, batch, clf
+
+
+def _assert_summaries_equal(got, expect):
+  assert set(got) == set(expect)
+  for k, v in expect.items():
+    if isinstance(v, float) and np.isnan(v):
+      assert np.isnan(got[k]), k
+    else:
+      assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_streaming_report_equals_the_in_memory_numbers(run, streamed):
+  """Every number of the localisation table, the map status counts, the
+  classification summary and the faithfulness table equal those of the
+  metric functions applied to all 128 maps held in memory."""
+  config, report, maps, batch, clf = streamed
+  ex = report["explanations"]
+  assert ex["n_images"] == 128 and list(ex["scores"]) == list(maps)
+  for name, m in maps.items():
+    codes = np.asarray(validity(m, batch["mask"]))
+    expect = {k: nan_summary(v) if k == "sparseness"
+              else nan_summary(v, codes, worst=0.0)
+              for k, v in explanations.localization_scores(
+                  m, batch["mask"]).items()}
+    assert list(ex["scores"][name]) == list(expect)
+    for metric, summary in expect.items():
+      _assert_summaries_equal(ex["scores"][name][metric], summary)
+    assert ex["map_status"][name] == {
+        "usable_masks": int(np.sum((codes != EMPTY_MASK)
+                                   & (codes != FULL_MASK))),
+        "constant_maps": int(np.sum(codes == CONSTANT_MAP)),
+        "nonfinite_maps": 0}
+  model, state, _ = load_state(config, str(run))
+  src, _ = sources.make_source(config.data, "test")
+  logits, labels = predict(state, model, src, batch_size=32)
+  assert report["classification"] == classification_summary(logits, labels)
+  faith = report["faithfulness"]
+  ok = np.flatnonzero(batch["label"] > 0)[:config.evaluation
+                                          .faithfulness_images]
+  assert faith["n_images"] == len(ok)
+  for name, m in maps.items():
+    values, skipped = explanations.faithfulness_scores(
+        clf, batch["image"][ok], batch["label"][ok], m[ok],
+        key=jax.random.fold_in(jax.random.key(0), 3),
+        steps=config.evaluation.faithfulness_steps, baseline=0.0)
+    assert faith["sic_aic_skipped"][name] == skipped
+    for metric, v in values.items():
+      _assert_summaries_equal(faith["scores"][name][metric], nan_summary(v))
+  # The evaluator's state is removed once the report is written.
+  assert not (run / "eval" / "state.npz").exists()
+
+
+def test_maps_on_disk_are_the_maps_and_read_back_in_order(run, streamed):
+  _, _, maps, batch, _ = streamed
+  on_disk = read_maps(str(run / "eval" / "maps"))
+  np.testing.assert_array_equal(on_disk["index"], np.arange(128))
+  np.testing.assert_array_equal(on_disk["target"], batch["label"])
+  assert set(on_disk["maps"]) == set(maps)
+  for name, m in maps.items():
+    np.testing.assert_allclose(on_disk["maps"][name], m, atol=1e-6)
+
+
+def test_a_padded_last_batch_changes_no_number(run, streamed):
+  """128 images in batches of 48 (the last one 32 images and 16 padding):
+  the same sums as batches of 32, for the methods whose maps do not depend
+  on the batch (SmoothGrad's noise is drawn per batch)."""
+  _, report, _, _, _ = streamed
+  deterministic = ("gradient", "grad_cam", "occlusion")
+  padded = evaluate(_streamed_config(batch_size=48, methods=deterministic,
+                                     write_maps=False, figure_images=0,
+                                     faithfulness_images=0), str(run))
+  for name in deterministic:
+    for metric, summary in report["explanations"]["scores"][name].items():
+      _assert_summaries_equal(padded["explanations"]["scores"][name][metric],
+                              summary)
+
+
 def test_report_files_and_numbers(run):
-  report = evaluate(None, str(run))
+  """The SLOC config's report (the tiny run's, with SLOC's three versions
+  and the faithfulness table): files, counts and sections."""
+  config = sloc.get_config("tiny")
+  report = evaluate(config, str(run))
   on_disk = json.loads((run / "report.json").read_text())
   assert on_disk == json.loads(run_folder.dumps(report))   # NaN -> null
   c = report["classification"]
-  config = default.get_config("tiny")
   assert c["n"] == config.data.num_test
   cm = np.array(c["confusion_matrix"])
   assert cm.sum() == c["n"]
   assert c["accuracy"] == pytest.approx(np.trace(cm) / c["n"])
-  # The numbers are those of the checkpointed model on the test split.
-  model, state, _ = load_state(config, str(run))
-  src, _ = sources.make_source(config.data, "test")
-  logits, labels = predict(state, model, src, batch_size=32)
-  assert c["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
   md = (run / "report.md").read_text()
   assert "| accuracy |" in md and "| balanced accuracy |" in md
   assert "![predictions.png](predictions.png)" in md
@@ -77,6 +202,18 @@ def test_report_files_and_numbers(run):
   assert "## Explanations" in md and "## Cascading randomisation" in md
   for f in ("explanations.png", "sanity.png"):
     assert (run / f).stat().st_size > 10_000
+  assert {"sloc", "sloc_xp", "sloc_m"} <= set(scores)
+  faith = report["faithfulness"]
+  assert all(p in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65,
+                   0.7, 0.75, 0.8) for p in faith["sloc_xp_p"])
+  assert faith["n_images"] == config.evaluation.faithfulness_images
+  for per_metric in faith["scores"].values():
+    assert list(per_metric) == ["pos", "neg", "del", "ins", "npd", "idd",
+                                "aic", "sic"]
+    for name in ("pos", "neg", "del", "ins"):
+      s = per_metric[name]
+      assert s["n"] == faith["n_images"] and 0 <= s["mean"] <= 100
+  assert "## Faithfulness" in md and "| sloc_m |" in md
 
 
 def test_saliency_report_scores_grad_cam_against_the_boxes(run):
@@ -84,7 +221,7 @@ def test_saliency_report_scores_grad_cam_against_the_boxes(run):
   of the true class at the layer, min-max normalised, union box mask."""
   config = default.get_config("tiny")
   config.evaluation.methods = ("grad_cam",)
-  config.evaluation.sanity_methods = ("grad_cam",)
+  config.evaluation.sanity_methods = ()
   config.evaluation.saliency_report = True
   config.explain_loss.layer = "block2"
   report = evaluate(config, str(run))
@@ -110,24 +247,6 @@ def test_saliency_report_scores_grad_cam_against_the_boxes(run):
   assert section["top_precision"]["n"] + section["top_precision"]["nan"] == (
       pos.sum())
   assert "## Saliency" in (run / "report.md").read_text()
-
-
-def test_sloc_config_adds_slocs_and_the_faithfulness_table(run):
-  config = sloc.get_config("tiny")
-  report = evaluate(config, str(run))
-  assert {"sloc", "sloc_xp", "sloc_m"} <= set(report["explanations"]["scores"])
-  faith = report["faithfulness"]
-  assert all(p in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65,
-                   0.7, 0.75, 0.8) for p in faith["sloc_xp_p"])
-  assert faith["n_images"] == config.evaluation.faithfulness_images
-  for per_metric in faith["scores"].values():
-    assert list(per_metric) == ["pos", "neg", "del", "ins", "npd", "idd",
-                                "aic", "sic"]
-    for name in ("pos", "neg", "del", "ins"):
-      s = per_metric[name]
-      assert s["n"] == faith["n_images"] and 0 <= s["mean"] <= 100
-  md = (run / "report.md").read_text()
-  assert "## Faithfulness" in md and "| sloc_m |" in md
 
 
 def test_no_checkpoint_is_explained(tmp_path):

@@ -69,4 +69,8 @@ def test_every_method_with_a_baseline_gets_the_evaluation_baseline():
         assert method.kwargs.get(arg) == "blur", name
         given.add(name)
   assert given == {"integrated_gradients", "score_cam", "occlusion", "rise",
-                   "sloc", "sloc_m", "sloc_xp"}
+                   "sloc", "sloc_m", "sloc_xp", "deeplift", "guided_ig",
+                   "dix", "meaningful_perturbation", "feature_ablation",
+                   "shapley_sampling", "kernel_shap", "lime"}
+  # Extremal Perturbations blurs (or fades to zero) by its own option.
+  assert table["extremal_perturbation"].kwargs["perturbation"] == "blur"

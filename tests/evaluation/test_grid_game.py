@@ -4,11 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lapjax import attribution as attr
-from lapjax import from_flax
 from lapjax.data import clues
 from lapjax.evaluation import grid_game
-from lapjax.evaluation.methods import standard_methods
+from lapjax.evaluation.methods import method_classifiers, standard_methods
 from lapjax.models import SmallCNN
 
 CFG = clues.CluesConfig(image_size=(32, 32), min_clue_fraction=0.04,
@@ -37,12 +35,12 @@ def test_run_grid_game_scores_methods_with_and_without_lens():
   model = SmallCNN(4, widths=(4, 8))
   grids = grid_game.make_grid_batch(CFG, 2, seed=0)
   v = model.init(jax.random.key(0), grids["image"][:1])
-  clf = from_flax(model, v, layers=["block2"])
-  guided = attr.guided_classifier(model, v, layers=["block2"])
   methods = {k: m for k, m in standard_methods(
       "block2", key=jax.random.key(0), image_size=64).items()
              if k in ("grad_cam", "guided_backprop", "lafam")}
-  out = grid_game.run_grid_game(clf, guided, grids, methods)
+  clfs = method_classifiers(methods, model, v, layers=["block2"],
+                            input_shape=grids["image"].shape[1:])
+  out = grid_game.run_grid_game(clfs, grids, methods)
   assert set(out) == {"grad_cam", "grad_cam+AL", "guided_backprop",
                       "guided_backprop+AL", "lafam"}
   assert out["grad_cam"]["RA"].shape == (8,)

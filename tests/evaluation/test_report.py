@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from lapjax.evaluation import evaluate as evaluate_lib
+from lapjax.evaluation import streaming
 from lapjax.evaluation.evaluate import evaluate
 from lapjax.evaluation.report import write_report
 
@@ -57,7 +57,7 @@ def test_maps_without_a_score_are_counted_and_scored_as_misses():
   maps = np.zeros((4, 8, 8), np.float32)
   maps[0, 3, 3] = maps[1, 2, 2] = 1.0
   maps[3, 5, 5] = 1.0
-  scores, status = evaluate_lib._scores(maps, masks)
+  scores, status = streaming.localization_summaries(maps, masks)
   assert status == {"usable_masks": 3, "constant_maps": 1,
                     "nonfinite_maps": 0}
   pg = scores["pointing_game"]

@@ -31,7 +31,7 @@ ZOO = {
 
 def test_every_zoo_backbone_has_a_card():
   assert set(CARDS) == ZOO
-  assert set(MODELS) == ZOO | {"small_cnn"}
+  assert set(MODELS) == ZOO | {"small_cnn", "vit"}
   assert set(HF_MODEL_TYPES) == {"resnet", "convnext", "vit"}
 
 

@@ -14,7 +14,6 @@ import pytest
 
 import lapjax
 from lapjax import attribution
-from lapjax.classifier import Classifier
 from lapjax.models import vit
 from lapjax.models.weights import import_weights, load_pretrained
 
@@ -52,7 +51,8 @@ def _assert_tap(feature, expected):
 def test_timm_checkpoint_gives_timms_logits_taps_and_attention(timm_model):
   module, variables, fx = timm_model
   layers = (*TAPS, "block2/attn/probs")
-  clf = lapjax.from_flax(module, variables, layers=layers)
+  # tokens=None: the taps as timm's tokens (by default they are grids).
+  clf = lapjax.from_flax(module, variables, layers=layers, tokens=None)
   logits, feats = jax.jit(clf.apply)(jnp.asarray(fx["input"]))
   _assert_logits(logits, fx["logits"])
   for tap in TAPS:
@@ -79,7 +79,7 @@ def test_hugging_face_directory_gives_transformers_logits_and_taps():
           module.layer_norm_eps) == (7, 80, (32, 48), 1e-12)
   variables = import_weights(module, ZOO / "hf_vit", layout=layout)
   fx = np.load(ZOO / "hf_vit.npz")
-  clf = lapjax.from_flax(module, variables, layers=TAPS)
+  clf = lapjax.from_flax(module, variables, layers=TAPS, tokens=None)
   logits, feats = jax.jit(clf.apply)(jnp.asarray(fx["input"]))
   _assert_logits(logits, fx["logits"])
   for tap in TAPS:
@@ -146,7 +146,8 @@ def test_attention_deltas_give_the_gradient_of_the_probabilities(
   the last block only the class token's row reaches the head."""
   module, variables, fx = timm_model
   probs = ("block1/attn/probs", "block2/attn/probs")
-  clf = lapjax.from_flax(module, variables, layers=(*probs, "block2"))
+  clf = lapjax.from_flax(module, variables, layers=(*probs, "block2"),
+                         tokens=None)
   x = jnp.asarray(fx["input"][:1])
   _, feats = clf.apply(x)
   zeros = {k: jnp.zeros_like(v) for k, v in feats.items()}
@@ -204,23 +205,6 @@ def test_bicubic_resize_matrix_is_identity_at_equal_size_and_normalised():
     np.testing.assert_allclose(weights, weights[::-1, ::-1], atol=1e-12)
 
 
-def _token_grid_view(clf: Classifier, layer: str, grid) -> Classifier:
-  """``layer``'s tokens as a ``[B, h, w, D]`` map (class token dropped)."""
-  h, w = grid
-
-  def apply(x, deltas=None):
-    deltas = dict(deltas or {})
-    if layer in deltas:
-      d = deltas[layer]
-      d = d.reshape(d.shape[0], h * w, d.shape[-1])
-      deltas[layer] = jnp.pad(d, ((0, 0), (1, 0), (0, 0)))
-    logits, feats = clf.apply(x, deltas)
-    t = feats[layer]
-    return logits, {**feats, layer: t[:, 1:].reshape(t.shape[0], h, w, -1)}
-
-  return Classifier(apply=apply, layers=clf.layers)
-
-
 @pytest.mark.parametrize("method", [
     "gradient", "integrated_gradients", "smoothgrad", "occlusion",
     "grad_cam"])
@@ -230,9 +214,8 @@ def test_attribution_methods_run_on_the_reduced_vit(timm_model, method):
   cam_layer = "block2/norm1"               # the cards' block{depth}/norm1
   clf = lapjax.from_flax(module, variables, layers=(cam_layer,))
   targets = jnp.array([1, 4])
-  if method == "grad_cam":
-    grid_clf = _token_grid_view(clf, cam_layer, (32 // PATCH, 48 // PATCH))
-    maps = attribution.grad_cam(grid_clf, x, targets, layer=cam_layer)
+  if method == "grad_cam":               # the tap is a 4 x 6 grid
+    maps = attribution.grad_cam(clf, x, targets, layer=cam_layer)
   elif method == "integrated_gradients":
     maps = attribution.integrated_gradients(clf, x, targets, steps=4)
   elif method == "smoothgrad":

@@ -1,6 +1,6 @@
 r"""Attribution Lens under cascading randomisation (paper 003, Fig. 6).
 
-  python benchmarks/lens_sanity.py --workdir runs/default [--images 32]
+  python studies/lens_sanity.py --workdir runs/default [--images 32]
 
 For each base method, the Spearman correlation between maps of the trained
 model and maps after randomising layers cumulatively from the output, for

@@ -2,9 +2,9 @@ r"""The paper-001 study on the binary clue benchmark: every loss x alpha x
 seed, with exact and with coarse boxes; accuracy and saliency metrics.
 
   # two shards on two cores, then the report
-  taskset -c 0 python benchmarks/explain_study.py --shard 0 --num_shards 2 &
-  taskset -c 1 python benchmarks/explain_study.py --shard 1 --num_shards 2
-  python benchmarks/explain_study.py --report
+  taskset -c 0 python studies/explain_study.py --shard 0 --num_shards 2 &
+  taskset -c 1 python studies/explain_study.py --shard 1 --num_shards 2
+  python studies/explain_study.py --report
 
 Setting (small, so that 2 x (7 x 4 + 1) x seeds runs fit on a CPU): 32x32
 binary clue images (clue boxes 4-20 % of the image), SmallCNN widths (16, 32,

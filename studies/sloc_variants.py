@@ -1,6 +1,6 @@
 r"""SLOC settings against Grad-CAM on the clue benchmark (paper 004's claim).
 
-  python benchmarks/sloc_variants.py --workdir runs/default --images 32 \
+  python studies/sloc_variants.py --workdir runs/default --images 32 \
       '{}' '{"num_masks": 2000}' '{"patch_sizes": [12, 21]}' \
       '{"sloc_m": true, "patch_sizes": [12, 21]}'
 

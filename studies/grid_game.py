@@ -1,7 +1,7 @@
 r"""Paper 003 and 002 claims on the clue benchmark, with a trained model.
 
   make demo     # trains runs/default (configs/grid_game.py trains the same)
-  python benchmarks/grid_game.py --workdir runs/default [--grids 24] [--seeds 3]
+  python studies/grid_game.py --workdir runs/default [--grids 24] [--seeds 3]
 
 * Grid pointing game (``lapjax.evaluation.grid_game``): RA, IoU and F1 of
   every method with and without Attribution Lens, on ``--seeds`` independent
@@ -11,7 +11,7 @@ r"""Paper 003 and 002 claims on the clue benchmark, with a trained model.
   images (clue classes; the background-only class has no clue to point at),
   Grad-CAM for the true class, both at ``block4``.
 
-Prints JSON lines, then Markdown tables for docs/benchmarks.md.
+Prints JSON lines, then Markdown tables for docs/studies/grid_game.md.
 """
 
 import argparse
@@ -32,7 +32,10 @@ from lapjax import from_flax, metrics  # noqa: E402
 from lapjax.data import clues, sources  # noqa: E402
 from lapjax.evaluation import grid_game  # noqa: E402
 from lapjax.evaluation.evaluate import load_run  # noqa: E402
-from lapjax.evaluation.methods import standard_methods  # noqa: E402
+from lapjax.evaluation.methods import (  # noqa: E402
+  method_classifiers,
+  standard_methods,
+)
 
 LAYER = "block4"
 
@@ -51,8 +54,6 @@ def main():
   config, model, variables = load_run(args.workdir)
   args.grids = args.grids or config.evaluation.grid_games
   args.seeds = args.seeds or config.evaluation.grid_seeds
-  clf = from_flax(model, variables, layers=[LAYER])
-  guided = attr.guided_classifier(model, variables, layers=[LAYER])
   cfg = sources.clues_config(config.data)
 
   per_seed = {}
@@ -61,7 +62,9 @@ def main():
                                       data_seed=config.data.seed)
     methods = standard_methods(LAYER, key=jax.random.key(seed),
                                image_size=grids["image"].shape[1])
-    results = grid_game.run_grid_game(clf, guided, grids, methods)
+    clfs = method_classifiers(methods, model, variables, layers=[LAYER],
+                              input_shape=grids["image"].shape[1:])
+    results = grid_game.run_grid_game(clfs, grids, methods)
     for name, scores in results.items():
       for metric, values in scores.items():
         per_seed.setdefault((name, metric), []).append(
@@ -78,6 +81,7 @@ def main():
                       "std_over_seeds": float(np.std(vals)),
                       "per_seed": vals}), flush=True)
 
+  clf = from_flax(model, variables, layers=[LAYER])
   # LaFAM vs Grad-CAM pointing game on single test images, with the
   # benchmark's distractors and (a control) without them.
   gc = jax.jit(lambda x, y: attr.grad_cam(clf, x, y, layer=LAYER))

@@ -1,7 +1,7 @@
 r"""The LAP paper's claims on the binary clue benchmark, over seeds.
 
-  for s in 0 1 2; do python benchmarks/lap_study.py --seeds $s & done; wait
-  python benchmarks/lap_study.py --report               # docs/lap_study/
+  for s in 0 1 2; do python studies/lap_study.py --seeds $s & done; wait
+  python studies/lap_study.py --report               # docs/lap_study/
 
 Variants (``configs/lap.py``): ``vanilla``; ``lap_wsl`` (LAP-Pools at every
 pooling place, weak supervision, the paper's RSNA setting); ``lap_bbl``
@@ -77,7 +77,8 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
   c.evaluation.layer = "block3"
   c.evaluation.lap_images = 256
   c.evaluation.lap_val_images = 64
-  c.evaluation.methods = ("input_x_gradient", "guided_backprop", "grad_cam")
+  c.evaluation.methods = ("input_x_gradient", "guided_backprop", "grad_cam",
+                          "deeplift", "relevance_cam", "lrp")
   multi = not c.data.binary         # 2 LAPs, the paper's ImageNet setting
   if c.lap.mode == "plugged":
     c.lap.places = (("pool2",) if multi else ("pool1", "pool2")) + (
@@ -157,7 +158,7 @@ def report() -> None:
            "",
            f"{len(rows)} runs; mean ± std over the seeds of each variant "
            "(accuracy table); command in "
-           "`benchmarks/lap_study.py`. IoU in percent with the true clue "
+           "`studies/lap_study.py`. IoU in percent with the true clue "
            "mask on correctly classified clue test images.", "",
            "## Accuracy", "",
            "| variant | seeds | test accuracy (%) | train s |",

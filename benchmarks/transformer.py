@@ -1,0 +1,100 @@
+r"""Transformer attribution speed: rollout and GAE against the passes they
+need, and the Attribution Lens around GAE, side by side.
+
+  python benchmarks/transformer.py                     # ViT-B/16, 224, B=8
+  python benchmarks/transformer.py --embed-dim 192 --heads 3 --batch 8
+  python benchmarks/transformer.py --size 112 --batch 2 --reps 3
+
+A lapjax ``VisionTransformer`` with random weights (speed does not depend
+on them): ViT-B/16 by default (``--embed-dim 768 --depth 12 --heads 12
+--patch 16``), at ``--size`` squared, batch ``--batch``, tapping every
+block's attention probabilities. Every entry is jitted (compile excluded)
+and timed in interleaved rounds, median of ``--reps``:
+
+* ``forward``: one forward pass (logits and the attention taps);
+* ``forward_backward``: one forward and one backward pass (the input
+  gradient of the target logits, ``lapjax.attribution.gradient``);
+* ``rollout``: ``attention_rollout``; ``gae``: ``gae`` with ``[B]``
+  targets;
+* ``lens_gae``: ``attribution_lens`` around ``gae`` with a class set of
+  ``--classes-in-set`` (C') classes per image.
+
+Prints one JSON line: seconds per call and the ratios the issue bounds
+(``rollout / forward <= 1.3``, ``gae / forward_backward <= 1.3``,
+``lens_gae / gae <= 1.5``).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import lapjax  # noqa: E402
+from benchmarks.common import timed_side_by_side  # noqa: E402
+from lapjax.attribution import gradient, lens  # noqa: E402
+from lapjax.attribution import transformer as tr  # noqa: E402
+from lapjax.models import vit  # noqa: E402
+from lapjax.tokens import TokenLayout  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", type=int, default=224)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--patch", type=int, default=16)
+  parser.add_argument("--embed-dim", type=int, default=768)
+  parser.add_argument("--depth", type=int, default=12)
+  parser.add_argument("--heads", type=int, default=12)
+  parser.add_argument("--classes", type=int, default=1000)
+  parser.add_argument("--classes-in-set", type=int, default=4)
+  parser.add_argument("--reps", type=int, default=5)
+  args = parser.parse_args()
+  model = vit.VisionTransformer(
+      num_classes=args.classes, patch_size=args.patch,
+      embed_dim=args.embed_dim, depth=args.depth, num_heads=args.heads,
+      image_size=(args.size, args.size))
+  x = jax.random.normal(jax.random.key(0), (args.batch, args.size,
+                                            args.size, 3))
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  clf = lapjax.from_flax(model, variables,
+                         layers=vit.attention_taps(args.depth))
+  layout = TokenLayout((args.patch, args.patch), 1)
+  targets = jnp.arange(args.batch) % args.classes
+  class_set = (targets[:, None] + jnp.arange(args.classes_in_set)[None]
+               ) % args.classes
+  calls = {
+      "forward": (jax.jit(lambda x: clf.apply(x)), (x,)),
+      "forward_backward": (jax.jit(lambda x, t: gradient(clf, x, t)),
+                           (x, targets)),
+      "rollout": (jax.jit(lambda x: tr.attention_rollout(
+          clf, x, tokens=layout)), (x,)),
+      "gae": (jax.jit(lambda x, t: tr.gae(clf, x, t, tokens=layout)),
+              (x, targets)),
+      "lens_gae": (jax.jit(lambda x, s: lens.attribution_lens(
+          tr.gae, clf, x, s, tokens=layout)), (x, class_set)),
+  }
+  seconds = timed_side_by_side(calls, reps=args.reps)
+  print(json.dumps({
+      "bench": "transformer_attribution", "size": args.size,
+      "batch": args.batch, "patch": args.patch,
+      "embed_dim": args.embed_dim, "depth": args.depth, "heads": args.heads,
+      "classes_in_set": args.classes_in_set,
+      "backend": jax.default_backend(), "reps": args.reps,
+      "seconds": {k: round(v, 5) for k, v in seconds.items()},
+      "ratios": {
+          "rollout/forward": round(seconds["rollout"] / seconds["forward"],
+                                   3),
+          "gae/forward_backward": round(
+              seconds["gae"] / seconds["forward_backward"], 3),
+          "lens_gae/gae": round(seconds["lens_gae"] / seconds["gae"], 3),
+      }}))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,100 @@
+r"""A small Vision Transformer on the 4-class clue benchmark, from scratch.
+
+Command::
+
+  python train.py --config configs/vit.py --workdir runs/vit
+  python evaluate.py --workdir runs/vit
+
+The model is ``lapjax.models.VisionTransformer`` (``config.model.name =
+'vit'``): 8 x 8 patches of the 64 x 64 images (an 8 x 8 token grid plus
+the class token), width 64, 4 blocks of 4 heads, MLP width 128, exact
+GELU, no pretrained weights. Its token taps come out of ``from_flax`` as
+``[B, 8, 8, 64]`` grids, so every CNN-style method of the evaluation runs
+unchanged; CAMs use ``block4/norm1``, the normalised input of the last
+block (the last block's own patch tokens do not reach the class-token head,
+docs/vit.md). Guided backprop and guided Grad-CAM are left out: a ViT is
+not a ReLU network (``guided_classifier`` refuses it by name).
+
+Measured (2026-11-30, 2-core CPU shared with other jobs): test accuracy
+0.713 (validation 0.728) after the 2,000 steps, in 74 minutes at 17 to 86
+images/s; it does not reach the 0.90 the issue asks for, the training
+accuracy still rising when the learning rate reached zero (docs/vit.md).
+Variants (``configs/vit.py:NAME``):
+
+* ``tiny``: 32 x 32 images (a 4 x 4 grid), 2 blocks, 12 steps, a few
+  seconds; accuracy near chance: it proves the pipeline, for tests::
+
+    python train.py --config configs/vit.py:tiny --workdir runs/vit_tiny
+
+Every field is documented in ``lapjax/train/config.py``.
+"""
+
+import ml_collections
+
+from lapjax.train.config import base_config
+
+# The CNN-style methods of evaluation/methods.py (guided_backprop and
+# guided_grad_cam need ReLU networks) and the transformer methods.
+METHODS = ("gradient", "input_x_gradient", "integrated_gradients",
+           "smoothgrad", "grad_cam", "grad_cam_plus_plus", "layer_cam",
+           "score_cam", "occlusion", "rise", "lafam", "sloc",
+           "attention_rollout", "grad_rollout", "t_attr", "bi_attn", "t_attn")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The clue ViT config; ``arg`` is None or 'tiny'."""
+  if arg not in (None, "tiny"):
+    raise ValueError(f"unknown config variant {arg!r}; use 'tiny'")
+  c = base_config()
+  c.model.name = "vit"
+  c.model.kwargs = ml_collections.ConfigDict({
+      "patch_size": 8,          # 8 x 8 pixels per token
+      "embed_dim": 64,          # token width D
+      "depth": 4,               # blocks block1 .. block4
+      "num_heads": 4,           # D / heads = 16 per head
+      "mlp_dim": 128,           # MLP hidden width
+      "image_size": (64, 64),   # the position embeddings' grid: 8 x 8
+  })
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 100
+  c.optimizer.weight_decay = 0.05
+  c.batch_size = 64
+  c.num_steps = 2_000
+  c.checkpoint_every = 500
+  c.evaluation.layer = "block4/norm1"
+  c.evaluation.methods = METHODS
+  c.evaluation.sanity_methods = ("gradient", "grad_cam")
+
+  if arg == "tiny":
+    c.data.image_size = (32, 32)
+    c.data.min_clue_fraction = 0.04
+    c.data.max_clue_fraction = 0.2
+    c.data.num_train = 256
+    c.data.num_validation = 64
+    c.data.num_test = 64
+    c.model.kwargs.embed_dim = 16
+    c.model.kwargs.depth = 2
+    c.model.kwargs.num_heads = 2
+    c.model.kwargs.mlp_dim = 32
+    c.model.kwargs.image_size = (32, 32)
+    c.batch_size = 16
+    c.num_steps = 12
+    c.log_every = 4
+    c.checkpoint_every = 4
+    c.optimizer.warmup_steps = 2
+    c.eval_batch_size = 32
+    c.evaluation.layer = "block2/norm1"
+    c.evaluation.num_images = 16
+    c.evaluation.figure_images = 3
+    c.evaluation.ig_steps = 4
+    c.evaluation.rise_masks = 16
+    c.evaluation.smoothgrad_samples = 2
+    c.evaluation.sanity_images = 4
+    c.evaluation.sanity_keys = 2
+    c.evaluation.sloc_masks = 16
+    c.evaluation.sloc_steps = 20
+    c.evaluation.sloc_calibration_images = 4
+    c.evaluation.faithfulness_images = 8
+    c.evaluation.faithfulness_steps = 4
+  return c
