@@ -165,6 +165,10 @@ def test_report_files_and_numbers(run):
   """The SLOC config's report (the tiny run's, with SLOC's three versions
   and the faithfulness table): files, counts and sections."""
   config = sloc.get_config("tiny")
+  # One method per kind (gradient, guided, CAM, masks, label-free) and
+  # SLOC's three versions; the full table is checked in test_methods.py.
+  config.evaluation.methods = ("gradient", "guided_backprop", "grad_cam",
+                               "rise", "lafam", "sloc", "sloc_m", "sloc_xp")
   report = evaluate(config, str(run))
   on_disk = json.loads((run / "report.json").read_text())
   assert on_disk == json.loads(run_folder.dumps(report))   # NaN -> null
