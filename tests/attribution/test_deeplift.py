@@ -20,8 +20,13 @@ from lapjax.attribution.core import baseline_images
 from lapjax.attribution.deeplift import deeplift, deeplift_shap
 from lapjax.models import SmallCNN
 from lapjax.models.layers import Pool, batch_norm, symmetric_padding
-from lapjax.models.resnet import BasicBlock
-from tests.attribution.test_relevance import _conv, _norm
+from tests.attribution.test_relevance import (
+  TorchResNet,
+  _conv,
+  _norm,
+  resnet_variables,
+  torch_state,
+)
 
 FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "relevance"
 PAD1 = symmetric_padding(1)
@@ -116,48 +121,19 @@ class CaptumCNN(nn.Module):
     return nn.Dense(3, name="fc")(x)
 
 
-class CaptumResNet(nn.Module):
-  """The fixture's stem and torchvision BasicBlock, as lapjax's block."""
-  act: object = nn.relu
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    norm = batch_norm(train)
-    x = nn.Conv(4, (3, 3), padding=PAD1, use_bias=False, name="conv")(x)
-    x = self.act(norm(name="bn")(x))
-    x = BasicBlock(6, 2, norm, self.act, zero_init_residual=False,
-                   name="block")(x)
-    return nn.Dense(3, name="fc")(x.mean(axis=(1, 2)))
-
-
 def _load(name):
   data = np.load(FIXTURES / f"deeplift_{name}.npz")
-  s = {k[len("state/"):]: data[k] for k in data.files
-       if k.startswith("state/")}
-  if name == "cnn":
-    model = CaptumCNN()
-    params = {"conv1": {"kernel": _conv(s["0.weight"]), "bias": s["0.bias"]},
-              "mix": {"kernel": _conv(s["3.weight"]), "bias": s["3.bias"]},
-              "conv2": {"kernel": _conv(s["5.weight"]), "bias": s["5.bias"]},
-              "fc": {"kernel": s["10.weight"].T, "bias": s["10.bias"]}}
-    stats = {}
-    params["bn1"], stats["bn1"] = _norm(s, "1")
-    params["bn2"], stats["bn2"] = _norm(s, "6")
-  else:
-    model = CaptumResNet()
-    block, block_stats = {}, {}
-    for ours, theirs in [("conv1", "conv1"), ("conv2", "conv2"),
-                         ("proj", "downsample.0")]:
-      block[ours] = {"kernel": _conv(s[f"block.{theirs}.weight"])}
-    for ours, theirs in [("norm1", "bn1"), ("norm2", "bn2"),
-                         ("proj_norm", "downsample.1")]:
-      block[ours], block_stats[ours] = _norm(s, f"block.{theirs}")
-    params = {"conv": {"kernel": _conv(s["conv.weight"])}, "block": block,
-              "fc": {"kernel": s["fc.weight"].T, "bias": s["fc.bias"]}}
-    stats = {"block": block_stats}
-    params["bn"], stats["bn"] = _norm(s, "bn")
-  variables = {"params": params, "batch_stats": stats}
-  return model, variables, data
+  s = torch_state(data)
+  if name != "cnn":
+    return TorchResNet(), resnet_variables(s), data
+  params = {"conv1": {"kernel": _conv(s["0.weight"]), "bias": s["0.bias"]},
+            "mix": {"kernel": _conv(s["3.weight"]), "bias": s["3.bias"]},
+            "conv2": {"kernel": _conv(s["5.weight"]), "bias": s["5.bias"]},
+            "fc": {"kernel": s["10.weight"].T, "bias": s["10.bias"]}}
+  stats = {}
+  params["bn1"], stats["bn1"] = _norm(s, "1")
+  params["bn2"], stats["bn2"] = _norm(s, "6")
+  return CaptumCNN(), {"params": params, "batch_stats": stats}, data
 
 
 def _close(ours, ref):

@@ -265,14 +265,16 @@ class TorchCNN(nn.Module):
 
 
 class TorchResNet(nn.Module):
-  """The fixture's stem and torchvision BasicBlock, as lapjax's block."""
+  """The fixture's stem and torchvision BasicBlock, as lapjax's block
+  (``act`` injectable, for DeepLIFT's rules)."""
+  act: object = nn.relu
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = batch_norm(train)
     x = nn.Conv(4, (3, 3), padding=PAD1, use_bias=False, name="conv")(x)
-    x = nn.relu(norm(name="bn")(x))
-    x = BasicBlock(6, 2, norm, nn.relu, zero_init_residual=False,
+    x = self.act(norm(name="bn")(x))
+    x = BasicBlock(6, 2, norm, self.act, zero_init_residual=False,
                    name="block")(x)
     return nn.Dense(3, name="fc")(x.mean(axis=(1, 2)))
 
@@ -287,33 +289,40 @@ def _norm(s, prefix):
            "var": s[f"{prefix}.running_var"]})
 
 
+def torch_state(data) -> dict:
+  """The torch ``state_dict`` stored in a fixture under ``state/``."""
+  return {k[len("state/"):]: data[k] for k in data.files
+          if k.startswith("state/")}
+
+
+def resnet_variables(s) -> dict:
+  """``TorchResNet`` variables from the residual fixture's state."""
+  block, block_stats = {}, {}
+  for ours, theirs in [("conv1", "conv1"), ("conv2", "conv2"),
+                       ("proj", "downsample.0")]:
+    block[ours] = {"kernel": _conv(s[f"block.{theirs}.weight"])}
+  for ours, theirs in [("norm1", "bn1"), ("norm2", "bn2"),
+                       ("proj_norm", "downsample.1")]:
+    block[ours], block_stats[ours] = _norm(s, f"block.{theirs}")
+  params = {"conv": {"kernel": _conv(s["conv.weight"])}, "block": block,
+            "fc": {"kernel": s["fc.weight"].T, "bias": s["fc.bias"]}}
+  stats = {"block": block_stats}
+  params["bn"], stats["bn"] = _norm(s, "bn")
+  return {"params": params, "batch_stats": stats}
+
+
 def _load(name):
   data = np.load(FIXTURES / f"{name}.npz")
-  s = {k[len("state/"):]: data[k] for k in data.files
-       if k.startswith("state/")}
-  if name == "cnn":
-    model = TorchCNN()
-    params = {"conv1": {"kernel": _conv(s["0.weight"]), "bias": s["0.bias"]},
-              "conv2": {"kernel": _conv(s["4.weight"]), "bias": s["4.bias"]},
-              "fc": {"kernel": s["9.weight"].T, "bias": s["9.bias"]}}
-    stats = {}
-    params["bn1"], stats["bn1"] = _norm(s, "1")
-    params["bn2"], stats["bn2"] = _norm(s, "5")
-  else:
-    model = TorchResNet()
-    block, block_stats = {}, {}
-    for ours, theirs in [("conv1", "conv1"), ("conv2", "conv2"),
-                         ("proj", "downsample.0")]:
-      block[ours] = {"kernel": _conv(s[f"block.{theirs}.weight"])}
-    for ours, theirs in [("norm1", "bn1"), ("norm2", "bn2"),
-                         ("proj_norm", "downsample.1")]:
-      block[ours], block_stats[ours] = _norm(s, f"block.{theirs}")
-    params = {"conv": {"kernel": _conv(s["conv.weight"])}, "block": block,
-              "fc": {"kernel": s["fc.weight"].T, "bias": s["fc.bias"]}}
-    stats = {"block": block_stats}
-    params["bn"], stats["bn"] = _norm(s, "bn")
-  variables = {"params": params, "batch_stats": stats}
-  return model, variables, data
+  s = torch_state(data)
+  if name != "cnn":
+    return TorchResNet(), resnet_variables(s), data
+  params = {"conv1": {"kernel": _conv(s["0.weight"]), "bias": s["0.bias"]},
+            "conv2": {"kernel": _conv(s["4.weight"]), "bias": s["4.bias"]},
+            "fc": {"kernel": s["9.weight"].T, "bias": s["9.bias"]}}
+  stats = {}
+  params["bn1"], stats["bn1"] = _norm(s, "1")
+  params["bn2"], stats["bn2"] = _norm(s, "5")
+  return TorchCNN(), {"params": params, "batch_stats": stats}, data
 
 
 @pytest.mark.parametrize("net", ["cnn", "resnet"])
