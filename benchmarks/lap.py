@@ -2,6 +2,7 @@ r"""LAP costs, measured side by side in one run (paper 000, Sec. 3.4).
 
   python benchmarks/lap.py [--reps 20] [--batch 64] [--ablations]
   python benchmarks/lap.py --model resnet18 --batch 16 --reps 5
+  python benchmarks/lap.py --model resnet50 --batch 16 --reps 5 --steps-only
 
 The default SmallCNN (64x64 binary clue images, widths 16-128) against its
 LAP-extended versions: the paper's 4-LAP setting (LAP-Pools at ``pool1
@@ -9,7 +10,11 @@ pool2 pool3 global_pool``) and its 2-LAP setting (``pool3 global_pool``);
 or, with ``--model resnet18``, the paper's own RSNA model: ResNet-18 on
 224x224 images with LAP-Pools at ``stem_pool stage3_pool stage4_pool
 global_pool`` (4 LAPs, shallow to deep) or ``stage4_pool global_pool`` (2
-LAPs, the paper's ImageNet placement). Every LAP model trains with every
+LAPs, the paper's ImageNet placement); ``--model resnet50``: the same
+places on ResNet-50 (the paper's speed claim, Sec. 3.4: 1.46x). The
+strided-stage places are the paper's replacement of a strided
+convolution (App. C.1): the stage's first strided 3x3 convolution at
+stride 1, then a 3x3/2 LAP-Pool. Every LAP model trains with every
 LAP loss (weak supervision with reference maps,
 discriminative modules, concordance). Reports ms per training step and the
 ratio to the vanilla step; then, for one batch, the LAP maps (aggregated,
@@ -55,15 +60,17 @@ SETTINGS = {"small_cnn": {"vanilla": None,
                          "4 LAPs": ("stem_pool", "stage3_pool",
                                     "stage4_pool", "global_pool"),
                          "2 LAPs": ("stage4_pool", "global_pool")}}
-CAM_LAYER = {"small_cnn": "block4", "resnet18": "stage4"}
+SETTINGS["resnet50"] = SETTINGS["resnet18"]
+CAM_LAYER = {"small_cnn": "block4", "resnet18": "stage4",
+             "resnet50": "stage4"}
 
 
 def build_step(model_name, places, changes, batch_size):
   """A jitted training step, its arguments, the model and one batch (LAP
   settings ``changes`` applied; ``places`` None: the vanilla model)."""
   c = lap_configs.get_config("vanilla" if places is None else "lap_wsl")
-  if model_name == "resnet18":
-    c.model.name = "resnet18"
+  if model_name in ("resnet18", "resnet50"):
+    c.model.name = model_name
     c.model.kwargs = {}
     c.data.image_size = (224, 224)
     c.data.num_train = batch_size          # one batch is all it needs
@@ -107,8 +114,14 @@ def main():
   parser.add_argument("--setting", default="4 LAPs",
                       choices=("4 LAPs", "2 LAPs"),
                       help="the LAP setting --ablations changes")
+  parser.add_argument("--only", nargs="+", default=None,
+                      help="LAP settings to time beside vanilla (default: "
+                      "all of the model's)")
+  parser.add_argument("--steps-only", action="store_true",
+                      help="time the training steps, not the maps")
   args = parser.parse_args()
-  settings = SETTINGS[args.model]
+  settings = {k: v for k, v in SETTINGS[args.model].items()
+              if v is None or args.only is None or k in args.only}
   steps = {"vanilla": build_step(args.model, None, {}, args.batch)}
   if args.ablations:
     for name, changes in ABLATIONS.items():
@@ -125,7 +138,7 @@ def main():
                       "setting": name, "lap_places": args.setting
                       if args.ablations else settings[name], "ms": 1e3 * t,
                       "ratio_to_vanilla": t / times["vanilla"]}), flush=True)
-  if args.ablations:
+  if args.ablations or args.steps_only:
     return
   calls = {}
   for name, places in settings.items():

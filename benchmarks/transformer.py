@@ -17,11 +17,20 @@ and timed in interleaved rounds, median of ``--reps``:
 * ``rollout``: ``attention_rollout``; ``gae``: ``gae`` with ``[B]``
   targets;
 * ``lens_gae``: ``attribution_lens`` around ``gae`` with a class set of
-  ``--classes-in-set`` (C') classes per image.
+  ``--classes-in-set`` (C') classes per image;
+* ``attention_gradients_1`` / ``attention_gradients_set``: the passes GAE
+  and the lens need and nothing else (``transformer.attention_gradients``:
+  one forward, then one backward pass per class, ``vmap``-ed over the
+  output cotangents), for 1 and for C' classes. ``lens_gae /
+  attention_gradients_set`` near 1 says the lens spends nothing beyond
+  them; ``attention_gradients_set / attention_gradients_1`` is the lens'
+  floor on the backend (C' backward passes cannot share work: each
+  class's attention gradient is a separate vector-Jacobian product, and
+  GAE's positive part makes the map non-linear in it).
 
 Prints one JSON line: seconds per call and the ratios the issue bounds
 (``rollout / forward <= 1.3``, ``gae / forward_backward <= 1.3``,
-``lens_gae / gae <= 1.5``).
+``lens_gae / gae <= 1.5``) and the decomposition above.
 """
 
 import argparse
@@ -68,8 +77,16 @@ def main() -> None:
   targets = jnp.arange(args.batch) % args.classes
   class_set = (targets[:, None] + jnp.arange(args.classes_in_set)[None]
                ) % args.classes
+  names = vit.attention_taps(args.depth)
+  one_hot = jax.nn.one_hot(targets, args.classes)[None]          # [1, B, K]
+  set_hot = jnp.moveaxis(jax.nn.one_hot(class_set, args.classes), 1, 0)
   calls = {
       "forward": (jax.jit(lambda x: clf.apply(x)), (x,)),
+      "attention_gradients_1": (jax.jit(lambda x, c: tr.attention_gradients(
+          clf, x, names, c)), (x, one_hot)),
+      "attention_gradients_set": (jax.jit(
+          lambda x, c: tr.attention_gradients(clf, x, names, c)),
+          (x, set_hot)),
       "forward_backward": (jax.jit(lambda x, t: gradient(clf, x, t)),
                            (x, targets)),
       "rollout": (jax.jit(lambda x: tr.attention_rollout(
@@ -93,6 +110,17 @@ def main() -> None:
           "gae/forward_backward": round(
               seconds["gae"] / seconds["forward_backward"], 3),
           "lens_gae/gae": round(seconds["lens_gae"] / seconds["gae"], 3),
+          # The passes each needs: one forward, then one backward pass per
+          # class (vmapped). Near 1: nothing is spent beyond those passes.
+          "gae/attention_gradients_1": round(
+              seconds["gae"] / seconds["attention_gradients_1"], 3),
+          "lens_gae/attention_gradients_set": round(
+              seconds["lens_gae"] / seconds["attention_gradients_set"], 3),
+          # The lens' floor on this backend: the C' backward passes over
+          # the one of GAE.
+          "attention_gradients_set/attention_gradients_1": round(
+              seconds["attention_gradients_set"]
+              / seconds["attention_gradients_1"], 3),
       }}))
 
 

@@ -14,6 +14,16 @@ Table 3.
 * ``lap_bbl``: the same model with the expert (box) loss of Eq. 8.
 * ``lap_detached``: detached LAPs on ``block1 .. block4`` of the frozen
   ``vanilla`` run (``config.init_from``, default ``runs/lap_vanilla``).
+* ``lap_finetune``: selective fine-tuning, the paper's third mode (Sec.
+  2.3, App. D.1.3): the ``vanilla`` backbone with LAP-Pools where
+  ``lap_detached`` has its LAPs (``block{i}`` feeds ``pool{i}``, the last
+  block ``global_pool``), initialised from the ``lap_detached`` run
+  (``config.init_from``, default ``runs/lap_det``; backbone and LAP heads,
+  ``config.lap.heads_from``), then trained with cross-entropy and the LAP
+  losses from the shallowest LAP-Pool on (the LAP-Pools, the blocks after
+  it and the classifier), the earlier blocks frozen; a constant learning
+  rate of a tenth of the default, and the checkpoint of the best
+  validation accuracy kept (``config.best_checkpoint``).
 * ``naive_v1``, ``naive_v2``, ``hybrid``: Table 3's ablations (MaxAR off,
   gamma_IAR 1; gamma_MinAR the top element / 1 / 0.1).
 
@@ -25,6 +35,7 @@ the paper uses 2 LAPs, ``pool3 global_pool``, MaxAR off and weight 0.1).
   python train.py --config configs/lap.py:vanilla --workdir runs/lap_vanilla
   python train.py --config configs/lap.py:lap_wsl --workdir runs/lap_wsl
   python train.py --config configs/lap.py:lap_detached --workdir runs/lap_det
+  python train.py --config configs/lap.py:lap_finetune --workdir runs/lap_ft
   python evaluate.py --workdir runs/lap_wsl
 
 The multi-seed study (``studies/lap_study.py``) trains every variant and
@@ -35,8 +46,8 @@ import ml_collections
 
 from configs import default
 
-VARIANTS = ("vanilla", "lap_wsl", "lap_bbl", "lap_detached", "naive_v1",
-            "naive_v2", "hybrid")
+VARIANTS = ("vanilla", "lap_wsl", "lap_bbl", "lap_detached", "lap_finetune",
+            "naive_v1", "naive_v2", "hybrid")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -73,6 +84,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.lap.places = c.lap.places[-2:]
     c.init_from = "runs/lap_vanilla" + ("_multi" if multi else "")
     c.evaluation.layer = f"backbone/{c.evaluation.layer}"
+  elif name == "lap_finetune":
+    detached = get_config(",".join(["lap_detached", *sorted(flags)]))
+    layers = detached.lap.places
+    c.lap.places = tuple(pools[int(layer[len("block"):]) - 1]
+                         for layer in layers)
+    c.lap.heads_from = tuple(zip(layers, c.lap.places))
+    c.init_from = "runs/lap_det" + ("_multi" if multi else "")
+    first = int(layers[0][len("block"):])
+    c.trainable = (c.lap.places + tuple(
+        f"block{i}" for i in range(first + 1, blocks + 1)) + ("head",))
+    c.optimizer.schedule = "constant"
+    c.optimizer.learning_rate /= 10
+    c.best_checkpoint = "validation_accuracy"
   elif name in ("naive_v1", "naive_v2", "hybrid"):
     c.lap.gamma_max = None
     c.lap.gamma_iar = 1.0

@@ -8,9 +8,18 @@ NaN for some vmapped VJPs: docs/xla-noopt-nan.md), so the modules in
 ``OPTIMISED_MODULES`` and the modules marked ``pytestmark =
 pytest.mark.xla_optimized`` run with the optimisations on, as users run:
 the attribution property tests and the evaluation of a trained run.
+
+Compilation dominates the suite's time, so one run of the suite shares a
+persistent compilation cache between its workers and the subprocesses its
+tests start (``LAPJAX_TEST_COMPILATION_CACHE``, removed at the end): a
+program compiled once (say the tiny run's training step, compiled again by
+every resume test's subprocess) is read back instead of recompiled. The
+cache key holds XLA's options, so the two modes never share a program.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -27,7 +36,36 @@ jax.config.update(FAST_MODE, True)
 _fast = True
 
 
+CACHE_ENV = "LAPJAX_TEST_COMPILATION_CACHE"
+
+
+def _share_compilation_cache(config) -> None:
+  """The first pytest process of a run (the xdist controller, or the only
+  one) makes the cache folder; workers and subprocesses inherit it through
+  the environment."""
+  if CACHE_ENV not in os.environ:
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="lapjax-jax-cache-")
+    config._lapjax_owns_cache = True      # removed in pytest_unconfigure
+  settings = {
+      "jax_compilation_cache_dir": os.environ[CACHE_ENV],
+      # Programs that compile in under 0.1 s are not worth a file each.
+      "jax_persistent_cache_min_compile_time_secs": 0.1,
+      "jax_persistent_cache_min_entry_size_bytes": 0,
+      # A size limit turns on the cache's file lock (the filelock
+      # package): a worker never reads an entry another is writing.
+      "jax_compilation_cache_max_size": 8 << 30}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)        # for subprocesses
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "_lapjax_owns_cache", False):
+    shutil.rmtree(os.environ.pop(CACHE_ENV), ignore_errors=True)
+
+
 def pytest_configure(config):
+  _share_compilation_cache(config)
   config.addinivalue_line(
       "markers", "xla_optimized: run with XLA's optimisations on, as users "
       "run (the suite's default is jax_disable_most_optimizations)")
@@ -56,3 +94,32 @@ def xla_mode(request):
   included), off for the rest."""
   _set_fast_mode(not _optimised(request.node))
   yield
+
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory):
+  """``configs/default.py:tiny`` trained to the end (optimised XLA, as
+  users train), once per suite run: the xdist workers share it through a
+  file lock. Read-only: copy it (``shutil.copytree``) before evaluating or
+  resuming into it."""
+  import filelock
+
+  from configs import default
+  from lapjax.train import train_and_evaluate
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent                    # shared by this run's workers
+  shared = root / "tiny-run"
+  with filelock.FileLock(f"{shared}.lock"):
+    if not shared.exists():
+      fast = _fast
+      _set_fast_mode(False)
+      partial = root / "tiny-run-partial"
+      shutil.rmtree(partial, ignore_errors=True)
+      train_and_evaluate(default.get_config("tiny"), str(partial),
+                         progress=False)
+      partial.rename(shared)
+      _set_fast_mode(fast)
+  return shared

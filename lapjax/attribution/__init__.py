@@ -70,6 +70,8 @@ from lapjax.attribution.transformer import (
                                     attention_rollout,
                                     bi_attn,
                                     gae,
+                                    inflow,
+                                    inflow_classifier,
                                     t_attn,
                                     transformer_attribution,
 )
@@ -93,8 +95,8 @@ __all__ += [
     "slic_segments",
 ]
 __all__ += [
-    "attention_rollout", "bi_attn", "gae", "t_attn",
-    "transformer_attribution", "transformer_relevance_classifier",
+    "attention_rollout", "bi_attn", "gae", "inflow", "inflow_classifier",
+    "t_attn", "transformer_attribution", "transformer_relevance_classifier",
 ]
 __all__ += [
     "ablation_cam", "fullgrad", "fullgrad_classifier", "hires_cam",

@@ -21,21 +21,25 @@ refused with the list of its layers, never answered with a wrong map.
 
 Methods: ``attention_rollout`` (label-free), ``gae`` (Grad-Rollout),
 ``transformer_attribution`` (T-Attr; needs a classifier built by
-``relevance_transformer.transformer_relevance_classifier``), ``bi_attn``
-and ``t_attn``. Targets and outputs follow the common contract (``[B]``,
-``[B, C']`` or float ``[B, K]`` targets; raw ``[B, H, W]`` maps).
+``relevance_transformer.transformer_relevance_classifier``), ``bi_attn``,
+``t_attn`` and ``inflow`` (needs ``inflow_classifier``). Targets and
+outputs follow the common contract (``[B]``, ``[B, C']`` or float ``[B,
+K]`` targets; raw ``[B, H, W]`` maps).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lapjax.attribution import core, postprocess, relevance_transformer
 from lapjax.attribution.compiled import compiled
-from lapjax.classifier import Classifier
+from lapjax.classifier import Classifier, from_flax
+from lapjax.models import vit
 from lapjax.tokens import TokenLayout
 
 ATTENTION_TAP_SUFFIX = "attn/probs"
@@ -488,6 +492,178 @@ def t_attn(classifier: Classifier, x: jax.Array, targets, *,
       classifier, x, names[-1], t.cotangents, steps=steps,
       chunk_size=chunk_size)
   row = jax.nn.relu(feedback).mean(2)[..., 0, :] * state[None]
+  maps = class_row_to_map(row, layout, x, resize=resize,
+                          resize_method=resize_method)
+  return core.finish(maps, t)
+
+
+PROBE_SUFFIX = "probe"
+
+
+def inflow_classifier(module: nn.Module, variables) -> Classifier:
+  """A classifier of a lapjax ViT with what InFlow reads, from one forward.
+
+  ``apply(x, deltas)`` returns the logits and, per block ``l`` (``b =
+  block{l}``), the taps ``b/attn/probs`` (perturbable by ``deltas``),
+  ``b/attn`` (the attention output after its projection), ``b/mlp`` (the
+  MLP output) and ``b`` (the block output), all as raw tokens ``[B, T,
+  D]``, and ``b/probe``: the block's own class scores ``[B, K]``, the
+  model's final LayerNorm and head applied to the token mean of the
+  block output, ``head(mean_t norm(z_l))`` (Walker et al.'s released
+  ``forward_features``).
+
+  Args:
+    module: a ``lapjax.models.vit.VisionTransformer``.
+    variables: its variables.
+
+  Raises:
+    ValueError: for other modules.
+  """
+  if not isinstance(module, vit.VisionTransformer):
+    raise ValueError(
+        "inflow_classifier reads the blocks, final norm and head of "
+        "lapjax.models.vit.VisionTransformer; got "
+        f"{type(module).__name__}")
+  blocks = tuple(f"block{i + 1}" for i in range(module.depth))
+  taps = [name for b in blocks
+          for name in (f"{b}/{ATTENTION_TAP_SUFFIX}", f"{b}/attn",
+                       f"{b}/mlp", b)]
+  base = from_flax(module, variables, layers=taps, tokens=None)
+  norm = nn.LayerNorm(epsilon=module.layer_norm_eps, use_fast_variance=False)
+  head = nn.Dense(module.num_classes)
+  params = variables["params"]
+
+  def apply(x, deltas=None):
+    logits, feats = base.apply(x, deltas)
+    feats = dict(feats)
+    for b in blocks:
+      pooled = norm.apply({"params": params["norm"]}, feats[b]).mean(1)
+      feats[f"{b}/{PROBE_SUFFIX}"] = head.apply({"params": params["head"]},
+                                                pooled)
+    return logits, feats
+
+  return Classifier(apply=apply, layers=base.layers,
+                    tokens=module.token_layout())
+
+
+def _share(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(a, b) / max(a + b, 1e-12)`` for non-negative ``a``, ``b`` (PyTorch's
+  ``normalize(p=1)`` over the pair)."""
+  total = jnp.maximum(a + b, 1e-12)
+  return a / total, b / total
+
+
+@compiled
+def inflow(classifier: Classifier, x: jax.Array, targets, *,
+           tokens: TokenLayout | None = None,
+           bottom_up_gradient: bool = True, residuals: str = "both",
+           resize: bool = True, resize_method: str = "bilinear"
+           ) -> jax.Array:
+  """InFlow: rollout through both residual connections of every block.
+
+  InFlow models each block as the paper's series and converging-path
+  algebra of transition matrices and patch embeddings; lapjax follows the
+  released ``generate_InFlow`` / ``compute_InFlow`` (the paper's equations
+  were not available to this implementation, so no equation numbers are
+  named). Per block ``l``: the heads are weighted as in Bi-attn,
+  ``I^h = mean_ij |(A^{h\\top} \\nabla A^h)_{ij}|`` normalised over the
+  heads (``\\nabla A``: gradient of the target score), and the strongest
+  weighted head kept per entry, ``\\tilde A = \\max_h I^h A^h``; with the
+  bottom-up gradient, ``\\tilde A \\leftarrow (\\mathbb{E}_h[\\nabla_{A}
+  s_l] \\odot \\tilde A)^+`` where ``s_l = head(mean_t norm(z_l))_{target}``
+  is the block's own class score. Each residual connection is weighted by
+  the per-token L2 norms of its two summands, ``a_t = |x_t| / (|x_t| +
+  |attn_t|)``, ``b_t = 1 - a_t`` (block input ``x``, attention output) and
+  ``c_t = |r_t| / (|r_t| + |mlp_t|)``, ``d_t = 1 - c_t`` (first residual
+  sum ``r``, MLP output):
+
+  .. math:: M^{(1)} = \\tilde A\\, \\mathrm{diag}(b) + \\mathrm{diag}(a),
+     \\quad M^{(2)} = \\mathrm{diag}(\\rho \\odot d + c), \\quad
+     \\rho = \\frac{d / c}{\\lVert d / c \\rVert_1}, \\quad
+     M_l = \\mathrm{rownorm}(M^{(1)} M^{(2)}),
+
+  and the map is the class row of ``M_L \\cdots M_1`` (patch columns).
+  As in the released code the attention-output share ``b`` scales the
+  columns (keys) of ``\\tilde A``, and ``s_l`` are the head's logits, not
+  probabilities. Head weights are per image and class (the released code
+  assumes one image); a block whose head agreements are all zero gets zero
+  weights (the released code divides by zero there).
+
+  Args:
+    classifier: ``inflow_classifier(module, variables)``.
+    x: ``[B, H, W, C]``.
+    targets: ``[B]``, ``[B, C']`` int or ``[B, K]`` float.
+    tokens: the token layout; None reads ``classifier.tokens``.
+    bottom_up_gradient: weight ``\\tilde A`` by the block's own score
+      gradient (the released ``withgrad=True``, the default).
+    residuals: ``'both'`` (InFlow) or ``'attention'`` (only ``M^{(1)}``,
+      the released ``ablate=1``).
+    resize, resize_method: as for ``attention_rollout``.
+
+  Returns:
+    ``[B, H, W]`` (or ``[B, C', H, W]``), non-negative.
+
+  References:
+    Walker, Ahmed, Jha & Ewetz, "Explaining ViTs Using Information Flow",
+    AISTATS 2025 (PMLR 258:2440-2448); code:
+    github.com/chasewalker26/InFlow-ViT-Explanation.
+  """
+  if residuals not in ("both", "attention"):
+    raise ValueError(f"residuals must be 'both' or 'attention'; got "
+                     f"{residuals!r}")
+  x, t = core.prepare(classifier, x, targets)
+  layout = token_layout(classifier, tokens, method="inflow")
+  names = attention_layers(classifier, x, method="inflow")
+  blocks = [n[:-len(ATTENTION_TAP_SUFFIX) - 1] for n in names]
+  shapes = jax.eval_shape(classifier.apply, x)[1]
+  needed = [f"{b}/{s}" for b in blocks for s in ("attn", "mlp",
+                                                  PROBE_SUFFIX)] + blocks
+  missing = [n for n in needed if n not in shapes]
+  if missing or any(len(shapes[b].shape) != 3 for b in blocks):
+    raise ValueError(
+        "inflow reads each block's input, attention and MLP outputs as raw "
+        "tokens and its own class scores; build the classifier with "
+        "lapjax.attribution.transformer.inflow_classifier(module, "
+        f"variables) (missing: {missing[:4]})")
+  zeros = {n: jnp.zeros(shapes[n].shape, shapes[n].dtype) for n in names}
+
+  def run(deltas):
+    logits, feats = classifier.apply(x, deltas)
+    probes = jnp.stack([feats[f"{b}/{PROBE_SUFFIX}"] for b in blocks])
+    return (logits, probes), feats
+
+  (logits, probes), vjp, feats = jax.vjp(run, zeros, has_aux=True)
+  cot = t.cotangents.astype(logits.dtype)                 # [C', B, K]
+  final = jax.vmap(lambda c: vjp((c, jnp.zeros_like(probes)))[0])(cot)
+  matrices = []
+  for i, (name, b) in enumerate(zip(names, blocks)):
+    a, g = feats[name], final[name]                      # [B,h,T,T], [C',..]
+    agree = jnp.abs(jnp.einsum("bhki,cbhkj->cbhij", a, g,
+                               precision=_HIGHEST)).mean((-2, -1))
+    total = agree.sum(-1, keepdims=True)
+    weights = jnp.where(total > 0, agree / jnp.where(total > 0, total, 1.0),
+                        0.0)                              # [C', B, h]
+    kept = (a[None] * weights[..., None, None]).max(2)    # [C', B, T, T]
+    if bottom_up_gradient:
+      at_block = jnp.zeros_like(probes)
+      up = jax.vmap(lambda c, i=i, at=at_block, n=name: vjp(
+          (jnp.zeros_like(logits), at.at[i].set(c)))[0][n])(cot)
+      kept = jax.nn.relu(up.mean(2) * kept)
+    out = feats[b]
+    resid = out - feats[f"{b}/mlp"]                       # x + attn
+    block_in = resid - feats[f"{b}/attn"]
+    norm = functools.partial(jnp.linalg.norm, axis=-1)
+    keep_in, attn_share = _share(norm(block_in), norm(feats[f"{b}/attn"]))
+    m = kept * attn_share[None, :, None, :] + jnp.eye(
+        a.shape[-1], dtype=a.dtype) * keep_in[None, :, None, :]
+    if residuals == "both":
+      keep_resid, mlp_share = _share(norm(resid), norm(feats[f"{b}/mlp"]))
+      ratio = mlp_share / keep_resid
+      ratio = ratio / jnp.maximum(jnp.abs(ratio).sum(-1, keepdims=True),
+                                  1e-12)
+      m = m * (ratio * mlp_share + keep_resid)[None, :, None, :]
+    matrices.append(m / m.sum(-1, keepdims=True))
+  row = propagate_class_row(matrices)                     # [C', B, T]
   maps = class_row_to_map(row, layout, x, resize=resize,
                           resize_method=resize_method)
   return core.finish(maps, t)

@@ -12,7 +12,8 @@ _EXPORTS = {
     "eval_batches": "batching", "train_batch": "batching",
     "train_indices": "batching",
 }
-_SUBMODULES = ("batching", "boxes", "clues", "grid", "sources", "tfds")
+_SUBMODULES = ("batching", "boxes", "clues", "coco", "grid", "image_dir",
+               "sources", "tfds")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -47,6 +47,12 @@ class ClueSource:
     return clues.render(self.config, self.split, indices, seed=self.seed,
                         draw_clues=self.draw_clues)
 
+  def labels(self) -> np.ndarray:
+    """``[num_examples]`` int32: every example's class, without rendering
+    (``index % num_classes``, ``lapjax.data.clues``)."""
+    return (np.arange(self.num_examples) % self.config.num_classes
+            ).astype(np.int32)
+
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     indices = np.asarray(indices)
     if indices.size and (indices.min() < 0
@@ -56,6 +62,21 @@ class ClueSource:
     if self._cache is not None:
       return self._cache.get(indices)
     return self._render(indices)
+
+
+def all_labels(source, *, chunk_size: int = 512) -> np.ndarray:
+  """``[num_examples]``: the label of every example of ``source``.
+
+  A source with a ``labels()`` method (``ClueSource``) answers without
+  loading images; any other is read in chunks of ``chunk_size`` examples
+  (for a tfds source, one pass that decodes every image).
+  """
+  if callable(getattr(source, "labels", None)):
+    return np.asarray(source.labels())
+  n = source.num_examples
+  return np.concatenate([
+      np.asarray(source.get(np.arange(i, min(i + chunk_size, n)))["label"])
+      for i in range(0, n, chunk_size)])
 
 
 def check_labels(labels: np.ndarray, num_classes: int, *, dataset: str,
@@ -101,6 +122,14 @@ class LabelChecked:
       check_labels(batch["label"], self.num_classes, dataset=self.dataset,
                    indices=indices)
     return batch
+
+  def labels(self) -> np.ndarray:
+    """Every example's label (``all_labels`` of the wrapped source),
+    checked."""
+    labels = all_labels(self.source)
+    check_labels(labels, self.num_classes, dataset=self.dataset,
+                 indices=np.arange(len(labels)))
+    return labels
 
   def __getattr__(self, name):
     return getattr(self.source, name)

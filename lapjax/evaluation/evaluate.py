@@ -27,7 +27,7 @@ from lapjax.evaluation import explanations, maps_on_disk, streaming
 from lapjax.evaluation.lap_report import lap_evaluation
 from lapjax.evaluation.methods import method_classifiers, standard_methods
 from lapjax.evaluation.report import write_report
-from lapjax.evaluation.saliency_report import saliency_evaluation
+from lapjax.evaluation.saliency_report import stream_saliency
 from lapjax.evaluation.streaming import LOCALIZATION_METRICS, MAP_ONLY_METRICS
 from lapjax.metrics import nan_summary
 from lapjax.metrics.sanity import cascading_randomization
@@ -48,7 +48,8 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Any, dict]:
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
-             split: str = "test", progress: bool = False) -> dict[str, Any]:
+             split: str = "test", progress: bool = False,
+             checkpoint: str = "latest") -> dict[str, Any]:
   """Evaluates the run in ``workdir``; returns the report dict.
 
   Streamed (``lapjax.evaluation.streaming``): classification over the
@@ -62,6 +63,10 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
     workdir: the run folder written by ``train.py``.
     split: ``'test'`` (default) or ``'validation'``.
     progress: show a progress bar with ETA.
+    checkpoint: ``'latest'`` (the newest checkpoint) or ``'best'`` (the
+      one ``config.best_checkpoint`` kept; its evaluation state lives in
+      ``workdir/eval-best``, and the report names it under
+      ``checkpoint``).
 
   Raises:
     ValueError: unknown method names, or ``workdir/eval/state.npz`` holds
@@ -73,7 +78,7 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   if config.multihost and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   check_method_names(config, sources.data_info(config.data))
-  model, state, info = load_state(config, workdir)
+  model, state, info = load_state(config, workdir, which=checkpoint)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.eval_batch_size, mesh,
                             name="eval_batch_size")
@@ -90,24 +95,31 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
               "evaluation": config.evaluation.to_dict(),
               "explained_images": n if explained else 0,
               "eval_batch_size": config.eval_batch_size}
-  run_state = streaming.EvaluationState(os.path.join(workdir, "eval"),
-                                        settings)
+  run_state = streaming.EvaluationState(
+      os.path.join(workdir, "eval" if checkpoint == "latest"
+                   else "eval-best"), settings)
   run_state.restore()
   e = config.evaluation
   class_batches = streaming.batch_slices(source.num_examples,
                                          config.eval_batch_size)
   explain_batches = (streaming.batch_slices(n, e.batch_size) if explained
                      else [])
-  done = (run_state.next_batch.get("classification", 0)
-          + run_state.next_batch.get("explanations", 0))
-  bar = streaming.Progress(len(class_batches) + len(explain_batches), done,
-                           enabled=progress)
+  # Paper 001's saliency section, streamed over the same images.
+  saliency_batches = (streaming.batch_slices(n, e.batch_size)
+                      if "boxes" in first and (
+                          config.explain_loss.type != "cross_entropy"
+                          or e.saliency_report) else [])
+  done = sum(run_state.next_batch.get(phase, 0) for phase in
+             ("classification", "explanations", "saliency"))
+  bar = streaming.Progress(len(class_batches) + len(explain_batches)
+                           + len(saliency_batches), done, enabled=progress)
   _classify(run_state, model, variables, source, class_batches, mesh,
             config.eval_batch_size, info["num_classes"], bar,
             save_every=e.save_every)
   report = {
       "workdir": workdir,
       "step": int(state.step),
+      "checkpoint": checkpoint,
       "split": split,
       "model": config.model.name,
       "data": config.data.name,
@@ -136,15 +148,13 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
           config, model, variables, source, val,
           lap_layers=lap_map_layers(config), membership=dc_membership(info),
           key=jax.random.key(config.evaluation.seed))
-  bar.close()
-  explained = config.explain_loss.type != "cross_entropy"
-  if "boxes" in first and (explained or config.evaluation.saliency_report):
+  if saliency_batches:
     layer = config.explain_loss.layer
-    report["saliency"] = saliency_evaluation(
-        from_flax(model, variables, layers=[layer]),
-        source.get(np.arange(min(config.evaluation.num_images,
-                                 source.num_examples))),
-        layer=layer, fraction=config.explain_loss.top_k)
+    report["saliency"] = stream_saliency(
+        run_state, from_flax(model, variables, layers=[layer]), source,
+        saliency_batches, mesh, bar, batch_size=e.batch_size, layer=layer,
+        fraction=config.explain_loss.top_k, save_every=e.save_every)
+  bar.close()
   if jax.process_index() == 0:
     write_report(workdir, report)
   run_state.remove()

@@ -22,6 +22,7 @@ from lapjax.attribution import postprocess
 from lapjax.attribution.checks import jit_checked
 from lapjax.classifier import Classifier
 from lapjax.evaluation.methods import Method
+from lapjax.metrics.localization import ranking_metrics
 
 
 def localization_scores(maps: jax.Array, masks: jax.Array
@@ -37,16 +38,18 @@ def localization_values(maps: jax.Array, masks: jax.Array
   maps, masks = jnp.asarray(maps), jnp.asarray(masks)
   k = max(1, int(0.05 * maps.shape[1] * maps.shape[2]))
   binary = postprocess.binarize_mean_std(jax.nn.relu(maps))
+  # Rank accuracy, top-k, ROC AUC and sparseness share one sort per map.
+  ranked = ranking_metrics(maps, masks, k=k)
   out = {
       "pointing_game": metrics.pointing_game(maps, masks),
       "relevance_mass": metrics.relevance_mass_accuracy(maps, masks),
-      "relevance_rank": metrics.relevance_rank_accuracy(maps, masks),
-      "top_k_intersection": metrics.top_k_intersection(maps, masks, k=k),
-      "roc_auc": metrics.roc_auc(maps, masks),
+      "relevance_rank": ranked["relevance_rank"],
+      "top_k_intersection": ranked["top_k_intersection"],
+      "roc_auc": ranked["roc_auc"],
       "iou": metrics.iou(binary, masks),
       "f1": metrics.f1(binary, masks),
       "region_attribution": metrics.region_attribution(maps, masks),
-      "sparseness": metrics.sparseness(maps),
+      "sparseness": ranked["sparseness"],
   }
   return out
 

@@ -8,13 +8,32 @@ predicted (= true) class, for every configured method and every LAP map:
   ``top_k_gt`` (as many pixels as the clue has), ``learned`` (a global
   threshold on max-normalised maps from a class-balanced ridge classifier
   fit on validation pixels), and LAP's own ``0.5`` threshold for LAP maps;
+* box-capture sensitivity (a clue box is captured when at least half of
+  it is in the binarised map; pooled over the boxes) and truncated IoU
+  (each box cut to the half of its pixels the map scores highest), under
+  the same binarisations (App. D.2.4), where the data carry boxes;
 * SRG (App. D.2.3; retention 0.5 .. 1, accuracy w.r.t. the prediction,
-  black baseline) and keep-top-k % accuracy (Sec. 3.3);
+  black baseline) and keep-top-k % accuracy (Sec. 3.3, Fig. 5: the top
+  10 .. 90 % of pixels kept, the rest black, accuracy w.r.t. the
+  prediction);
+* paired t-tests over the images (the paper's test, Sec. 4, App. D.2.2) of
+  the depth-aggregated LAP map (``lap``) against every other method, for
+  each IoU binarisation, truncated IoU and SRG: mean difference (LAP minus
+  the method), its standard error and the two-sided p-value;
 * LAPs as standalone predictors (App. D.5.1) on every test image: a DC is
   detected when some element of its map exceeds 0.5; the LAP's class is
   the detected DC with the highest peak (the BGO class when none is
   detected); F1 w.r.t. the labels (predictivity) and the model's
-  predictions (compatibility), macro over classes.
+  predictions (compatibility), macro over classes;
+* with more classes, each LAP also as the paper's ImageNet-setting
+  predictor (App. D.5.2): a 2-layer MLP on its DC-size features (the sum
+  of each DC map), trained on the validation images' maps with their
+  labels and scored on the test images: top-1 (and top-5 with more than 5
+  classes) accuracy w.r.t. the labels and the model's predictions;
+* on a binary task (one clue class and the BGO class), the model's
+  accuracy, sensitivity, specificity, balanced accuracy and F1 on the
+  evaluated test images (App. D.2.1, Tab. 6), and each standalone LAP's
+  sensitivity and specificity.
 """
 
 from __future__ import annotations
@@ -33,6 +52,8 @@ from lapjax.evaluation import explanations
 from lapjax.evaluation.methods import method_classifiers, standard_methods
 from lapjax.lap.dcs import DCSystem, dc_system
 from lapjax.metrics import nan_summary
+from lapjax.metrics.binary_classification import binary_summary
+from lapjax.metrics.significance import format_comparison, paired_t_test
 
 BINARIZATIONS = ("mu_sigma", "top_k_gt", "learned", "lap_0.5")
 BASELINE_METHODS = ("gradient", "input_x_gradient", "integrated_gradients",
@@ -50,6 +71,70 @@ def _correct_clue_images(clf: Classifier, batch: dict, dcs: DCSystem
   keep = np.flatnonzero(clue & (pred == batch["label"])
                         & batch["mask"].any(axis=(1, 2)))
   return keep, pred
+
+
+def binary_positive_class(dcs: DCSystem) -> int | None:
+  """The clue class of a binary task (two classes, one of them BGO), else
+  None (no sensitivity / specificity)."""
+  if dcs.num_classes != 2 or dcs.bgo is None:
+    return None
+  return 1 - dcs.bgo
+
+
+def box_scores(maps: jax.Array, binary: dict[str, jax.Array],
+               boxes: jax.Array, boxes_valid: jax.Array
+               ) -> tuple[dict, dict, dict[str, np.ndarray]]:
+  """Box-capture sensitivity and truncated IoU of one method (App. D.2.4).
+
+  Args:
+    maps: ``[B, H, W]`` the method's maps (they rank each box's pixels).
+    binary: ``{binarisation: [B, H, W] bool}``, the maps binarised.
+    boxes: ``[B, N, 4]`` boxes ``(y0, x0, y1, x1)``.
+    boxes_valid: ``[B, N]`` bool.
+
+  Returns:
+    ``(capture, truncated, per_image)``: per binarisation, the pooled
+    sensitivity ``{'sensitivity', 'n_captured', 'n_boxes'}``, the
+    ``nan_summary`` of the truncated IoU, and its ``[B]`` values.
+  """
+  capture, truncated, per_image = {}, {}, {}
+  for b, v in binary.items():
+    c = metrics.box_capture(v, boxes, boxes_valid)
+    n_boxes, n_captured = int(c["n_boxes"].sum()), int(c["n_captured"].sum())
+    capture[b] = {
+        "sensitivity": n_captured / n_boxes if n_boxes else float("nan"),
+        "n_captured": n_captured, "n_boxes": n_boxes}
+    per_image[b] = np.asarray(metrics.truncated_iou(maps, v, boxes,
+                                                    boxes_valid))
+    truncated[b] = nan_summary(per_image[b])
+  return capture, truncated, per_image
+
+
+def paired_comparisons(per_image: dict[str, dict[str, np.ndarray]], *,
+                       reference: str = "lap") -> dict[str, dict[str, dict]]:
+  """Paired t-tests of ``reference`` against every other method.
+
+  Args:
+    per_image: ``{score name: {method: [n] per-image values}}``, the same
+      images in the same order for every method (NaN: undefined, dropped
+      pairwise).
+    reference: the method compared with the others; methods named
+      ``reference`` + a suffix (``lap1``, ``lap2``: its parts) are left
+      out.
+
+  Returns:
+    ``{score name: {method: paired_t_test(reference, method)}}`` (two-sided)
+    for the scores that the reference and some other method have.
+  """
+  out = {}
+  for score, by_method in per_image.items():
+    if reference not in by_method:
+      continue
+    tests = {m: paired_t_test(by_method[reference], v)
+             for m, v in by_method.items() if not m.startswith(reference)}
+    if tests:
+      out[score] = tests
+  return out
 
 
 def standalone_predictions(maps: list[np.ndarray], dcs: DCSystem
@@ -106,7 +191,13 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
   val, vkeep, _, vmaps = explained(val_source, e.lap_val_images)
   masks = jnp.asarray(test["mask"][keep])
   counts = masks.sum(axis=(1, 2))
+  has_boxes = "boxes" in test and "boxes_valid" in test
+  if has_boxes:
+    boxes = jnp.asarray(test["boxes"][keep])
+    boxes_valid = jnp.asarray(test["boxes_valid"][keep])
   iou, srg, keep_top, thresholds = {}, {}, {}, {}
+  capture, truncated = {}, {}
+  per_image = {}          # {score: {method: [n]}} for the paired tests
   x, targets = jnp.asarray(test["image"][keep]), jnp.asarray(pred[keep])
   srg_fn = jax.jit(metrics.srg, static_argnums=0)
   keep_fn = jax.jit(metrics.keep_top_accuracy, static_argnums=0)
@@ -125,27 +216,61 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
         thresholds[name] = str(err)
     if name.startswith("lap"):
       binary["lap_0.5"] = m > 0.5
-    iou[name] = {b: nan_summary(metrics.iou(v, masks))
-                 for b, v in binary.items()}
+    iou[name] = {}
+    for b, v in binary.items():
+      values = np.asarray(metrics.iou(v, masks))
+      iou[name][b] = nan_summary(values)
+      per_image.setdefault(f"iou/{b}", {})[name] = values
+    if has_boxes:
+      capture[name], truncated[name], values = box_scores(
+          m, binary, boxes, boxes_valid)
+      for b, v in values.items():
+        per_image.setdefault(f"truncated_iou/{b}", {})[name] = v
     # The metrics chunk their forward passes (chunk_size) themselves.
-    srg[name] = nan_summary(srg_fn(clf, x, m, targets)["srg"])
+    values = np.asarray(srg_fn(clf, x, m, targets)["srg"])
+    srg[name] = nan_summary(values)
+    per_image.setdefault("srg", {})[name] = values
     keep_top[name] = np.asarray(keep_fn(clf, x, m, targets)).mean(0).tolist()
   report = {"n_images": int(len(keep)), "n_validation_images": int(len(vkeep)),
             "iou": iou, "srg": srg, "keep_top_accuracy": {
                 "fractions": list(metrics.faithfulness.KEEP_FRACTIONS),
                 **keep_top},
             "learned_thresholds": thresholds}
+  if has_boxes:
+    report["box_capture"] = capture
+    report["truncated_iou"] = truncated
+  comparisons = paired_comparisons(per_image)
+  if comparisons:
+    report["significance"] = {
+        "test": "paired t-test over images, two-sided", "reference": "lap",
+        **comparisons}
+  positive = binary_positive_class(dcs)
+  if positive is not None:
+    report["classification"] = binary_summary(test["label"], pred,
+                                              positive=positive)
   if lap_layers:
     _, lap_outs = dc_maps(clf, jnp.asarray(test["image"]), layers=lap_layers)
     per_lap = standalone_predictions([np.asarray(m) for m in lap_outs], dcs)
     k = dcs.num_classes
-    report["standalone"] = {
-        f"lap{i + 1}": {
-            "predictivity_f1": float(np.nanmean(metrics.f1_scores(
-                test["label"], p, k))),
-            "compatibility_f1": float(np.nanmean(metrics.f1_scores(
-                pred, p, k)))}
-        for i, p in enumerate(per_lap)}
+    if positive is None:        # many classes: the MLP of App. D.5.2 too
+      _, val_outs = dc_maps(clf, jnp.asarray(val["image"]), layers=lap_layers)
+    report["standalone"] = {}
+    for i, p in enumerate(per_lap):
+      row = {"predictivity_f1": float(np.nanmean(metrics.f1_scores(
+                 test["label"], p, k))),
+             "compatibility_f1": float(np.nanmean(metrics.f1_scores(
+                 pred, p, k)))}
+      if positive is not None:
+        rates = binary_summary(test["label"], p, positive=positive)
+        row.update(sensitivity=rates["sensitivity"],
+                   specificity=rates["specificity"])
+      else:
+        mlp = metrics.standalone_evaluation(
+            metrics.dc_size_features(val_outs[i]), val["label"],
+            metrics.dc_size_features(lap_outs[i]), test["label"], pred,
+            num_classes=k, key=jax.random.fold_in(key, i))
+        row.update({f"mlp_{n}": v for n, v in mlp.items()})
+      report["standalone"][f"lap{i + 1}"] = row
   return report
 
 
@@ -163,10 +288,97 @@ def markdown(report: dict[str, Any]) -> list[str]:
     s = report["srg"][name]
     lines.append(f"| {name} | " + " | ".join(cells)
                  + f" | {s['mean']:.3f} |")
+  lines += _keep_top_table(report)
+  if "box_capture" in report:
+    lines += _box_tables(report)
+  if "significance" in report:
+    lines += _significance_table(report["significance"])
+  if "classification" in report:
+    c = report["classification"]
+    lines += ["", f"Binary classification of the {c['n']} evaluated test "
+              "images (clue class positive):", "",
+              "| accuracy | sensitivity | specificity | balanced accuracy "
+              "| F1 |", "|---|---|---|---|---|",
+              "| " + " | ".join(_num(c[k]) for k in (
+                  "accuracy", "sensitivity", "specificity",
+                  "balanced_accuracy", "f1")) + " |"]
   if "standalone" in report:
-    lines += ["", "| LAP as a predictor | predictivity F1 | compatibility "
-              "F1 |", "|---|---|---|"]
-    for name, s in report["standalone"].items():
-      lines.append(f"| {name} | {s['predictivity_f1']:.3f} | "
-                   f"{s['compatibility_f1']:.3f} |")
+    lines += _standalone_table(report["standalone"])
+  return lines
+
+
+def _num(v, scale: float = 1.0, digits: int = 3) -> str:
+  return "n/a" if v is None or np.isnan(v) else f"{scale * v:.{digits}f}"
+
+
+_STANDALONE_COLUMNS = {
+    "sensitivity": "sensitivity", "specificity": "specificity",
+    "mlp_predictivity_top1": "MLP predictivity top-1",
+    "mlp_compatibility_top1": "MLP compatibility top-1",
+    "mlp_predictivity_top5": "MLP predictivity top-5",
+    "mlp_compatibility_top5": "MLP compatibility top-5"}
+
+
+def _standalone_table(standalone: dict[str, dict]) -> list[str]:
+  extra = [k for k in _STANDALONE_COLUMNS
+           if any(k in row for row in standalone.values())]
+  lines = ["", "| LAP as a predictor | predictivity F1 | compatibility F1 |"
+           + "".join(f" {_STANDALONE_COLUMNS[k]} |" for k in extra),
+           "|---" * (3 + len(extra)) + "|"]
+  for name, row in standalone.items():
+    lines.append(f"| {name} | {row['predictivity_f1']:.3f} | "
+                 f"{row['compatibility_f1']:.3f} |"
+                 + "".join(f" {_num(row.get(k))} |" for k in extra))
+  return lines
+
+
+def _keep_top_table(report: dict[str, Any]) -> list[str]:
+  k = report["keep_top_accuracy"]
+  fractions = k["fractions"]
+  lines = ["", "Keep-top-k accuracy (Sec. 3.3, Fig. 5): the top k % of "
+           "pixels kept, the rest black; accuracy w.r.t. the prediction, "
+           "percent.", "",
+           "| method | " + " | ".join(f"{100 * f:.0f} %" for f in fractions)
+           + " |", "|---" * (len(fractions) + 1) + "|"]
+  for name, acc in k.items():
+    if name != "fractions":
+      lines.append(f"| {name} | "
+                   + " | ".join(f"{100 * a:.1f}" for a in acc) + " |")
+  return lines
+
+
+def _box_tables(report: dict[str, Any]) -> list[str]:
+  cap, trunc = report["box_capture"], report["truncated_iou"]
+  n_boxes = next(iter(next(iter(cap.values())).values()))["n_boxes"]
+  lines = ["", f"Box-capture sensitivity (App. D.2.4: percent of the "
+           f"{n_boxes} clue boxes at least half covered by the binarised "
+           "map) | truncated IoU (percent, mean ± std: each box cut to its "
+           "half the map scores highest):", "",
+           "| method | " + " | ".join(f"capture {b}" for b in BINARIZATIONS)
+           + " | " + " | ".join(f"tIoU {b}" for b in BINARIZATIONS) + " |",
+           "|---" * (2 * len(BINARIZATIONS) + 1) + "|"]
+  for name, per in cap.items():
+    cells = [_num(per[b]["sensitivity"], 100, 1) if b in per else ""
+             for b in BINARIZATIONS]
+    t = trunc[name]
+    cells += [f"{100 * t[b]['mean']:.1f} ± {100 * t[b]['std']:.1f}"
+              if b in t else "" for b in BINARIZATIONS]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _significance_table(sig: dict[str, Any]) -> list[str]:
+  scores = [k for k in sig if k not in ("test", "reference")]
+  methods = sorted({m for k in scores for m in sig[k]})
+  lines = ["", f"{sig['reference']} against each method, {sig['test']}: "
+           "mean difference (lap minus the method; IoU in percentage "
+           "points, SRG x 100) ± its standard error, p-value, pairs:", "",
+           "| method | " + " | ".join(scores) + " |",
+           "|---" * (len(scores) + 1) + "|"]
+  for m in methods:
+    cells = []
+    for k in scores:
+      r = sig[k].get(m)
+      cells.append("" if r is None else format_comparison(r, scale=100))
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return lines

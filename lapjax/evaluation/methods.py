@@ -15,7 +15,7 @@ from lapjax.lap.dcs import DCSystem
 
 # Which classifier of the model a method runs on (``method_classifiers``).
 CLASSIFIER_KINDS = ("plain", "guided", "relevance", "fullgrad", "attention",
-                    "transformer_relevance")
+                    "transformer_relevance", "inflow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +28,9 @@ class Method:
     classifier: the classifier it needs, one of ``CLASSIFIER_KINDS``:
       ``'plain'`` (``from_flax``), ``'guided'`` (guided-ReLU model),
       ``'relevance'`` (LRP rules and DeepLIFT), ``'fullgrad'`` (bias
-      taps), ``'attention'`` (a transformer's attention taps added) and
-      ``'transformer_relevance'`` (T-Attr's relevance rules).
+      taps), ``'attention'`` (a transformer's attention taps added),
+      ``'transformer_relevance'`` (T-Attr's relevance rules) and
+      ``'inflow'`` (a ViT's block inputs, outputs and class probes).
     label_free: the map ignores the target, so the lens is meaningless.
   """
   fn: Callable[..., jax.Array]
@@ -79,6 +80,8 @@ def method_classifiers(methods: Mapping[str, Method], module: nn.Module,
     elif kind == "fullgrad":
       out[kind] = attr.fullgrad_classifier(module, variables,
                                            input_shape=input_shape)
+    elif kind == "inflow":
+      out[kind] = attr.inflow_classifier(module, variables)
     else:
       taps = layers + _attention_taps(module, variables, input_shape)
       build = (from_flax if kind == "attention"
@@ -201,8 +204,8 @@ def comparator_methods(layer: str, *, key: jax.Array, image_size: int,
 
 
 def transformer_methods() -> dict[str, Method]:
-  """Attention rollout, GAE (Grad-Rollout), T-Attr, Bi-attn and T-attn
-  (transformers only; Bi-attn and T-attn from block 1, for shallow
+  """Attention rollout, GAE (Grad-Rollout), T-Attr, Bi-attn, T-attn and
+  InFlow (transformers only; Bi-attn and T-attn from block 1, for shallow
   models)."""
   return {
       "attention_rollout": Method(attr.attention_rollout, {},
@@ -214,4 +217,5 @@ def transformer_methods() -> dict[str, Method]:
                         classifier="attention"),
       "t_attn": Method(attr.t_attn, {"start_block": 1},
                        classifier="attention"),
+      "inflow": Method(attr.inflow, {}, classifier="inflow"),
   }

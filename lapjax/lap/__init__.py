@@ -14,7 +14,9 @@ from lapjax.lap.extend import (
   DetachedLAPModel,
   LAPSpec,
   detached_map_layers,
+  extend_pretrained,
   lap_outputs,
+  pool_places,
 )
 from lapjax.lap.head import LAPHead
 from lapjax.lap.losses import (
@@ -31,6 +33,7 @@ __all__ = [
     "DCSystem", "DetachedLAPModel", "LAPHead", "LAPObjective", "LAPPool",
     "LAPSpec", "aggregate_depth", "binary", "check_nesting",
     "concordance_loss", "custom", "dc_system", "dcs", "detached_map_layers",
-    "discriminative_loss", "expert_loss", "importance_pool", "lap_outputs",
-    "lap_supervision_loss", "losses", "one_vs_others", "reference_maps",
+    "discriminative_loss", "expert_loss", "extend_pretrained",
+    "importance_pool", "lap_outputs", "lap_supervision_loss", "losses",
+    "one_vs_others", "pool_places", "reference_maps",
 ]

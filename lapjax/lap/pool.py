@@ -12,8 +12,20 @@ features of the most important element (max pooling by importance).
 ``eps`` keeps every weight positive, so gradients reach every element.
 
 Choices the paper leaves open, each a config field (``lap.*``): the
-aggregation ``A`` (``'sum'`` by default, or ``'max'``, ``'mean'``),
-``alpha`` initialised to 2 and ``eps = 1e-4``.
+aggregation ``A`` (``'sum'`` by default, ``'max'``, ``'mean'``, or the
+trainable ``'weighted'``), ``alpha`` initialised to 2 and ``eps = 1e-4``.
+
+The trainable aggregation (the paper: ``Q`` is computed "using either a
+trainable or fixed function such as sum or max") is a weighted sum whose
+weights are a softmax scaled by ``M``::
+
+  Q = M * sum_m softmax(v)_m I_m          v in R^M, initialised to 0
+
+so it starts as ``'sum'`` exactly and learns how much each DC counts. The
+weights stay positive (a DC's importance never lowers ``Q``) and sum to
+``M`` (a common scale would only duplicate ``alpha``, since Eq. 7 sees
+``alpha^2 (max Q - Q)^2``). With one DC it is ``'sum'`` and ``v`` gets no
+gradient.
 
 The module records its maps in the ``'lap'`` collection (``maps``, and
 ``disc_maps`` for the discriminative scoring module of App. C.5, which sees
@@ -33,11 +45,20 @@ import jax.numpy as jnp
 
 from lapjax.lap.head import LAPHead
 
-AGGREGATIONS = ("sum", "max", "mean")
+AGGREGATIONS = ("sum", "max", "mean", "weighted")
 
 
-def aggregate(maps: jax.Array, how: str) -> jax.Array:
-  """``A``: ``[..., M] -> [...]`` by sum, max or mean over DCs."""
+def aggregate(maps: jax.Array, how: str,
+              dc_logits: jax.Array | None = None) -> jax.Array:
+  """``A``: ``[..., M] -> [...]`` by sum, max or mean over DCs, or
+  (``'weighted'``) ``M * sum_m softmax(dc_logits)_m maps_m``."""
+  if how == "weighted":
+    if dc_logits is None or dc_logits.shape != maps.shape[-1:]:
+      raise ValueError(f"aggregation 'weighted' needs dc_logits of shape "
+                       f"{maps.shape[-1:]}; got "
+                       f"{None if dc_logits is None else dc_logits.shape}")
+    weights = maps.shape[-1] * jax.nn.softmax(dc_logits)
+    return (maps * weights).sum(-1)
   if how == "sum":
     return maps.sum(-1)
   if how == "max":
@@ -112,9 +133,12 @@ class LAPPool(nn.Module):
     num_dcs: ``M``.
     window: pooling window (square), or None for global pooling.
     strides: stride (default ``window``).
-    padding: ``'VALID'`` or ``'SAME'``.
+    padding: ``'VALID'``, ``'SAME'`` or explicit ``((top, bottom), (left,
+      right))`` (a replaced strided convolution's own padding).
     head_widths: hidden widths of the LAP head.
-    aggregation: ``A``, one of ``AGGREGATIONS``.
+    aggregation: ``A``, one of ``AGGREGATIONS`` (``'weighted'``: the
+      trainable weighted sum of the module docstring, parameter
+      ``dc_logits [M]``).
     alpha_init: initial ``alpha`` (trainable scalar).
     eps: added to every weight.
     discriminative: also run the discriminative scoring module (App. C.5).
@@ -122,7 +146,7 @@ class LAPPool(nn.Module):
   num_dcs: int
   window: int | None = 2
   strides: int | None = None
-  padding: str = "VALID"
+  padding: str | tuple[tuple[int, int], tuple[int, int]] = "VALID"
   head_widths: Sequence[int] = (64,)
   aggregation: str = "sum"
   alpha_init: float = 2.0
@@ -139,6 +163,10 @@ class LAPPool(nn.Module):
       self.sow("lap", "disc_maps", disc)
     alpha = self.param("alpha", nn.initializers.constant(self.alpha_init),
                        ())
-    return importance_pool(x, aggregate(maps, self.aggregation), alpha,
+    dc_logits = (self.param("dc_logits", nn.initializers.zeros,
+                            (self.num_dcs,))
+                 if self.aggregation == "weighted" else None)
+    q = aggregate(maps, self.aggregation, dc_logits)
+    return importance_pool(x, q, alpha,
                            window=self.window, strides=self.strides,
                            padding=self.padding, eps=self.eps)

@@ -45,9 +45,10 @@ import jax.numpy as jnp
 from lapjax.models.card import TORCH_LEAF, Layout, ModelCard, VariablePath
 from lapjax.models.layers import (
   Activation,
-  GlobalAvgPool,
   ModuleDef,
+  PoolFactory,
   batch_norm_with,
+  standard_pool,
 )
 
 
@@ -98,6 +99,13 @@ def scaled_stages(width_mult: float = 1.0, depth_mult: float = 1.0,
       for e, k, s, cin, cout, n in base)
 
 
+def conv_padding(kernel: int, padding: str):
+  """PyTorch's symmetric ``(k - 1) // 2`` or TensorFlow's ``'SAME'``."""
+  if padding == "tf":
+    return "SAME"
+  return (((kernel - 1) // 2, (kernel - 1) // 2),) * 2
+
+
 class ConvNormAct(nn.Module):
   """``act(norm(conv(x)))`` with PyTorch's or TensorFlow's padding.
 
@@ -113,15 +121,21 @@ class ConvNormAct(nn.Module):
   groups: int = 1
   padding: str = "torch"
   clip: float | None = None
+  down: nn.Module | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
-    pad = ("SAME" if self.padding == "tf"
-           else [((k - 1) // 2, (k - 1) // 2)] * 2)
-    x = nn.Conv(self.features, (k, k), (self.strides, self.strides),
-                padding=pad, feature_group_count=self.groups, use_bias=False,
+    pad = conv_padding(k, self.padding)
+    # With ``down`` (a k x k / strides pool, e.g. a LAP-Pool): the strided
+    # convolution as a stride-1 one followed by ``down`` (paper 000,
+    # App. C.1); the same kernel either way.
+    s = 1 if self.down is not None else self.strides
+    x = nn.Conv(self.features, (k, k), (s, s), padding=pad,
+                feature_group_count=self.groups, use_bias=False,
                 name="conv")(x)
+    if self.down is not None:
+      x = self.down(x)
     x = self.norm(name="norm")(x)
     if self.act is not None:
       x = self.act(x)
@@ -148,7 +162,8 @@ class MBConv(nn.Module):
   """Inverted residual: 1x1 expand, depthwise ``k x k``, SE, 1x1 project;
   identity shortcut at stride 1 with equal widths. Submodules ``expand``
   (absent at ``expand_ratio`` 1), ``depthwise``, ``se`` (optional),
-  ``project``."""
+  ``project``. ``down``: the pool that takes the strided depthwise
+  convolution's stride (see ``ConvNormAct``)."""
   in_features: int
   features: int
   expand_ratio: int
@@ -159,6 +174,7 @@ class MBConv(nn.Module):
   se: bool
   padding: str
   clip: float | None
+  down: nn.Module | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -169,7 +185,8 @@ class MBConv(nn.Module):
     if hidden != self.in_features:
       y = conv(hidden, act=self.act, name="expand")(y)
     y = conv(hidden, act=self.act, kernel_size=self.kernel_size,
-             strides=self.strides, groups=hidden, name="depthwise")(y)
+             strides=self.strides, groups=hidden, down=self.down,
+             name="depthwise")(y)
     if self.se:
       y = SqueezeExcite(max(1, self.in_features // 4), self.act,
                         name="se")(y)
@@ -180,13 +197,15 @@ class MBConv(nn.Module):
 
 
 class MBConvStack(nn.Module):
-  """The blocks ``block1`` .. ``blockN`` of one ``MBConvStage``."""
+  """The blocks ``block1`` .. ``blockN`` of one ``MBConvStage`` (``down``:
+  the first block's stride pool)."""
   spec: MBConvStage
   norm: ModuleDef
   act: Activation
   se: bool
   padding: str
   clip: float | None
+  down: nn.Module | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -195,6 +214,7 @@ class MBConvStack(nn.Module):
       x = MBConv(s.in_features if i == 0 else s.features, s.features,
                  s.expand_ratio, s.kernel_size, s.strides if i == 0 else 1,
                  self.norm, self.act, self.se, self.padding, self.clip,
+                 down=self.down if i == 0 else None,
                  name=f"block{i + 1}")(x)
     return x
 
@@ -215,6 +235,12 @@ class EfficientNet(nn.Module):
     clip: upper clip of every activation (6.0 for Lite's ReLU6).
     act: activation, injectable (guided backprop passes its own ReLU).
     norm: ``norm(train) -> Module class`` (BatchNorm with the source's eps).
+    pool: pooling factory (``standard_pool``). A LAP-extended EfficientNet
+      (``lapjax.lap.LAPSpec``) may replace ``global_pool`` and add
+      ``stage{i}_pool`` at every stage whose first block strides (B0:
+      stages 2, 3, 4 and 6): that block's strided depthwise ``k x k``
+      convolution run with stride 1 and followed by a ``k x k`` LAP-Pool of
+      the same stride and padding (paper 000, App. C.1).
   """
   num_classes: int
   stages: Sequence[MBConvStage]
@@ -225,6 +251,7 @@ class EfficientNet(nn.Module):
   clip: float | None = None
   act: Activation = nn.silu
   norm: ModuleDef = batch_norm_with(epsilon=1e-5)
+  pool: PoolFactory = standard_pool
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -233,11 +260,16 @@ class EfficientNet(nn.Module):
                     strides=2, padding=self.padding, clip=self.clip,
                     name="stem")(x)
     for i, spec in enumerate(self.stages):
+      down = (self.pool(f"stage{i + 1}_pool", window=spec.kernel_size,
+                        strides=spec.strides,
+                        padding=conv_padding(spec.kernel_size, self.padding),
+                        optional=True)
+              if spec.strides > 1 else None)
       x = MBConvStack(spec, norm, self.act, self.se, self.padding, self.clip,
-                      name=f"stage{i + 1}")(x)
+                      down=down, name=f"stage{i + 1}")(x)
     x = ConvNormAct(self.head_features, norm, self.act, padding=self.padding,
                     clip=self.clip, name="head")(x)
-    x = GlobalAvgPool(name="global_pool")(x)
+    x = self.pool("global_pool", window=None)(x)
     return nn.Dense(self.num_classes, name="classifier")(x)
 
 

@@ -44,10 +44,10 @@ from lapjax.models.card import (
 )
 from lapjax.models.layers import (
   Activation,
-  GlobalAvgPool,
   ModuleDef,
-  Pool,
+  PoolFactory,
   batch_norm_with,
+  standard_pool,
 )
 
 
@@ -194,12 +194,19 @@ class InceptionV3(nn.Module):
       network; tests use 16 for a small model of the same structure).
     act: activation, injectable (guided backprop passes its own ReLU).
     norm: ``norm(train) -> Module class`` (BatchNorm with epsilon 1e-3).
+    pool: pooling factory (``standard_pool``). A LAP-extended Inception-V3
+      (``lapjax.lap.LAPSpec``) may replace ``maxpool1``, ``maxpool2`` (the
+      stem's 3x3/2 max pools) and ``global_pool`` (the paper's ImageNet
+      LAP-InceptionV3 replaces ``global_pool`` and explains ``Mixed_7a``
+      with a detached LAP, App. D.1.3). The max-pool branches inside
+      ``Mixed_6a`` and ``Mixed_7a`` stay max pools.
   """
   num_classes: int
   transform_input: bool = False
   width_divisor: int = 1
   act: Activation = nn.relu
   norm: ModuleDef = batch_norm_with(epsilon=1e-3)
+  pool: PoolFactory = standard_pool
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -211,10 +218,10 @@ class InceptionV3(nn.Module):
     x = conv(32 // d, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
     x = conv(32 // d, (3, 3), name="Conv2d_2a_3x3")(x)
     x = conv(64 // d, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
-    x = Pool(window=3, strides=2, name="maxpool1")(x)
+    x = self.pool("maxpool1", window=3, strides=2)(x)
     x = conv(80 // d, (1, 1), name="Conv2d_3b_1x1")(x)
     x = conv(192 // d, (3, 3), name="Conv2d_4a_3x3")(x)
-    x = Pool(window=3, strides=2, name="maxpool2")(x)
+    x = self.pool("maxpool2", window=3, strides=2)(x)
     blocks: Sequence[nn.Module] = (
         InceptionA(d, norm, act, pool_features=32, name="Mixed_5b"),
         InceptionA(d, norm, act, pool_features=64, name="Mixed_5c"),
@@ -230,7 +237,7 @@ class InceptionV3(nn.Module):
     )
     for block in blocks:
       x = block(x)
-    x = GlobalAvgPool(name="global_pool")(x)
+    x = self.pool("global_pool", window=None)(x)
     return nn.Dense(self.num_classes, name="fc")(x)
 
 

@@ -61,7 +61,9 @@ _PAD1 = symmetric_padding(1)
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity or 1x1 projection shortcut.
 
-  Output channels: ``features`` (``expansion = 1``).
+  Output channels: ``features`` (``expansion = 1``). With ``down`` (a
+  3x3/``strides`` pool, e.g. a LAP-Pool), the strided ``conv1`` becomes a
+  stride-1 convolution followed by ``down`` (paper 000, App. C.1).
   """
   features: int
   strides: int
@@ -70,14 +72,14 @@ class BasicBlock(nn.Module):
   width_per_group: int = 64
   stride_on_1x1: bool = False
   zero_init_residual: bool = True
+  down: nn.Module | None = None
 
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    s = (self.strides, self.strides)
-    y = nn.Conv(self.features, (3, 3), s, padding=_PAD1, use_bias=False,
-                name="conv1")(x)
+    y = _strided_conv(x, self.features, 3, self.strides, self.down,
+                      name="conv1")
     y = self.act(self.norm(name="norm1")(y))
     y = nn.Conv(self.features, (3, 3), padding=_PAD1, use_bias=False,
                 name="conv2")(y)
@@ -92,7 +94,11 @@ class BottleneckBlock(nn.Module):
   ``base_width``; 128 in WideResNet-50-2); the output has ``4 * features``
   channels. The stride sits on the 3x3 convolution (ResNet v1.5, as
   torchvision), or on the first 1x1 with ``stride_on_1x1`` (the original
-  ResNet, Hugging Face's ``downsample_in_bottleneck``).
+  ResNet, Hugging Face's ``downsample_in_bottleneck``). With ``down`` (a
+  3x3/``strides`` pool, e.g. a LAP-Pool), the strided 3x3 ``conv2``
+  becomes a stride-1 convolution followed by ``down`` (paper 000,
+  App. C.1); a strided 1x1 has no window to pool over, so ``down`` with
+  ``stride_on_1x1`` is refused.
   """
   features: int
   strides: int
@@ -101,25 +107,48 @@ class BottleneckBlock(nn.Module):
   width_per_group: int = 64
   stride_on_1x1: bool = False
   zero_init_residual: bool = True
+  down: nn.Module | None = None
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.down is not None and self.stride_on_1x1:
+      raise ValueError(
+          "a LAP-Pool replaces a strided convolution with a stride-1 one "
+          "and a pool of the same kernel size and stride; with "
+          "stride_on_1x1 the strided convolution is a 1x1, whose 1x1 "
+          "'pool' would only subsample. Use stride_on_1x1=False (torchvision"
+          "'s ResNet v1.5) for LAP-Pools at the strided stages")
     inner = self.features * self.width_per_group // 64
     s = (self.strides, self.strides)
-    s1, s3 = (s, (1, 1)) if self.stride_on_1x1 else ((1, 1), s)
+    s1 = s if self.stride_on_1x1 else (1, 1)
     y = nn.Conv(inner, (1, 1), s1, padding="VALID", use_bias=False,
                 name="conv1")(x)
     y = self.act(self.norm(name="norm1")(y))
-    y = nn.Conv(inner, (3, 3), s3, padding=_PAD1, use_bias=False,
-                name="conv2")(y)
+    y = _strided_conv(y, inner, 3, 1 if self.stride_on_1x1 else self.strides,
+                      self.down, name="conv2")
     y = self.act(self.norm(name="norm2")(y))
     y = nn.Conv(self.features * 4, (1, 1), padding="VALID", use_bias=False,
                 name="conv3")(y)
     y = self.norm(name="norm3", **_last_norm_init(self.zero_init_residual))(y)
     return self.act(_shortcut(x, self.features * 4, self.strides, self.norm)
                     + y)
+
+
+def _strided_conv(x: jax.Array, features: int, kernel: int, strides: int,
+                  down: nn.Module | None, *, name: str) -> jax.Array:
+  """A ``kernel x kernel`` convolution (padding ``kernel // 2``, no bias)
+  with stride ``strides``; with ``down``, a stride-1 convolution followed by
+  ``down`` (the pool of the same window and stride), as paper 000's App.
+  C.1 replaces strided convolutions. Called inside a block's compact
+  ``__call__``; both forms have the same kernel, so weights carry over."""
+  pad = symmetric_padding(kernel // 2)
+  if down is None:
+    return nn.Conv(features, (kernel, kernel), (strides, strides),
+                   padding=pad, use_bias=False, name=name)(x)
+  return down(nn.Conv(features, (kernel, kernel), padding=pad,
+                      use_bias=False, name=name)(x))
 
 
 def _last_norm_init(zero: bool) -> dict[str, Any]:
@@ -138,7 +167,8 @@ def _shortcut(x: jax.Array, features: int, strides: int,
 
 
 class Stage(nn.Module):
-  """``num_blocks`` residual blocks; the first one may downsample."""
+  """``num_blocks`` residual blocks; the first one may downsample (with
+  ``down``: its strided convolution replaced, see ``BasicBlock``)."""
   block: ModuleDef
   num_blocks: int
   features: int
@@ -148,6 +178,7 @@ class Stage(nn.Module):
   width_per_group: int = 64
   stride_on_1x1: bool = False
   zero_init_residual: bool = True
+  down: nn.Module | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -156,6 +187,7 @@ class Stage(nn.Module):
                      self.act, width_per_group=self.width_per_group,
                      stride_on_1x1=self.stride_on_1x1,
                      zero_init_residual=self.zero_init_residual,
+                     down=self.down if i == 0 else None,
                      name=f"block{i + 1}")(x)
     return x
 
@@ -188,10 +220,15 @@ class ResNet(nn.Module):
       epsilon 1e-5 as PyTorch).
     pool: pooling factory (``standard_pool``). A LAP-extended ResNet
       (``lapjax.lap.LAPSpec``) may replace ``stem_pool`` and
-      ``global_pool``, and add ``stage2_pool`` .. ``stage4_pool``: a 2x2
-      LAP-Pool on the previous stage's output in place of the stage's
-      stride-2 convolutions (the paper's "LAP-Pool replacing the strided
-      convolution of layer 4, fed by layer 3").
+      ``global_pool``, and add ``stage2_pool`` .. ``stage4_pool`` (the
+      stages whose first block strides): paper 000's replacement of a
+      strided convolution (Sec. 2.2, "Usage"), the first block's strided
+      3x3 convolution run with stride 1 and followed by a 3x3/2 LAP-Pool
+      (padding 1, as the convolution). The 1x1/2 projection shortcut stays
+      as it is: the same replacement of a 1x1 convolution is a 1x1 "pool",
+      which only subsamples, so it is that shortcut already. The pool is a
+      submodule of the ``ResNet`` (``stage3_pool``, tap
+      ``stage3_pool/head``) that the stage's first block calls.
   """
   num_classes: int
   stage_sizes: Sequence[int]
@@ -229,14 +266,13 @@ class ResNet(nn.Module):
       x = self.pool("stem_pool", window=3, strides=2, padding=_PAD1)(x)
     for i, (size, planes) in enumerate(zip(self.stage_sizes, widths)):
       strides = 2 if i > 0 or self.downsample_first_stage else 1
-      down = (self.pool(f"stage{i + 1}_pool", window=2, optional=True)
-              if i > 0 else None)
-      if down is not None:
-        x, strides = down(x), 1
+      down = (self.pool(f"stage{i + 1}_pool", window=3, strides=2,
+                        padding=_PAD1, optional=True)
+              if strides == 2 else None)
       x = Stage(self.block, size, planes, strides, norm, self.act,
                 width_per_group=self.width_per_group,
                 stride_on_1x1=self.stride_on_1x1,
-                zero_init_residual=self.zero_init_residual,
+                zero_init_residual=self.zero_init_residual, down=down,
                 name=f"stage{i + 1}")(x)
     x = self.pool("global_pool", window=None)(x)
     return nn.Dense(self.num_classes, name="head")(x)

@@ -30,6 +30,32 @@ def checkpoint_manager(workdir: str, *, save_every: int,
           create=True))
 
 
+BEST_FOLDER = "checkpoints-best"
+
+
+def best_checkpoint_manager(workdir: str, *, metric: str,
+                            higher_is_better: bool) -> ocp.CheckpointManager:
+  """The manager of ``workdir/checkpoints-best``: one checkpoint, the one
+  with the best ``metric`` (saved with it; Orbax writes a step to a
+  temporary folder and renames it when complete, and removes the older
+  one after that, so a kill leaves a complete best checkpoint)."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), BEST_FOLDER),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda metrics: metrics[metric],
+          best_mode="max" if higher_is_better else "min",
+          keep_checkpoints_without_metrics=False, create=True))
+
+
+def best_so_far(manager: ocp.CheckpointManager, metric: str
+                ) -> tuple[int, float] | None:
+  """``(step, value)`` of the kept best checkpoint, or None."""
+  step = manager.best_step()
+  if step is None:
+    return None
+  return step, float(manager.metrics(step)[metric])
+
+
 def latest_step(workdir: str) -> int | None:
   """The newest complete checkpoint step in ``workdir``, or None."""
   path = os.path.join(os.path.abspath(workdir), "checkpoints")

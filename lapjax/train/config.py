@@ -53,10 +53,21 @@ def base_config() -> ml_collections.ConfigDict:
   #   sigmoid per class, trained with binary cross-entropy on one-hot labels
   #   (paper 001's two-output BCE head); explain_loss prob_* scores use it
   c.batch_size = 64             # global batch, divisible by the device count
+  c.balanced_batches = False    # draw every training batch with batch_size
+  #   / num_classes examples of each class (paper 000's 32/32 batches of
+  #   its binary setting): each class cycles through its own permutations,
+  #   so rare classes repeat within an epoch; batch_size must be divisible
+  #   by the class count (lapjax.data.batching.balanced_train_indices)
   c.num_steps = 1_000           # optimiser steps
   c.log_every = 50              # steps between metrics.jsonl lines
   c.checkpoint_every = 500      # steps between Orbax checkpoints (+ at end)
   c.eval_batch_size = 250       # evaluation batch (padded, masked)
+  c.best_checkpoint = "off"     # also keep the checkpoint with the best
+  #   validation metric, in workdir/checkpoints-best (one, atomic, as Orbax
+  #   saves): 'validation_accuracy' (highest: paper 000's models) or
+  #   'validation_loss' (lowest training objective on the validation split
+  #   in inference mode: the paper's detached LAPs); measured whenever a
+  #   checkpoint is saved. evaluate.py --checkpoint=best reads it.
   c.multihost = False           # call jax.distributed.initialize() first
   c.on_nonfinite = "stop"       # a step whose loss, gradients or new state
   #   are NaN/inf: 'stop' raises NonFiniteError naming the step and the last
@@ -101,10 +112,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.lap.reference = "sum"       # Top-K ranking: 'sum' over LAPs or 'self'
   c.lap.discriminative = True   # discriminative scoring modules (App. C.5)
   c.lap.head_widths = (64,)     # hidden widths of each LAP head
-  c.lap.aggregation = "sum"     # LAP-Pool A: 'sum', 'max' or 'mean'
+  c.lap.aggregation = "sum"     # LAP-Pool A: 'sum', 'max', 'mean', 'weighted'
   c.lap.alpha_init = 2.0        # LAP-Pool alpha at initialisation
   c.lap.eps = 1e-4              # LAP-Pool weight floor
   c.lap.decay = 0.8             # depth aggregation decay (Algorithm 1)
+  c.lap.heads_from = ()         # selective fine-tuning (paper 000, Sec.
+  #   2.3): with mode 'plugged' and init_from a detached LAP run, pairs
+  #   (detached layer, LAP-Pool place), e.g. (('block3', 'pool3'),
+  #   ('block4', 'global_pool')): the head laps/<layer> (and laps/
+  #   <layer>_disc) of that run initialises <place>/head (and <place>/
+  #   disc_head), its backbone the same-named layers here. Every detached
+  #   head of the run must be named; (layer, '') leaves one out
 
   c.explain_loss = ml_collections.ConfigDict()  # paper 001 (explain_loss)
   c.explain_loss.type = "cross_entropy"  # or a score in explain_loss.SCORES
@@ -168,6 +186,8 @@ def _paths(config, prefix=""):
 # config.evaluation.baseline -> the methods' and metrics' ``baseline``.
 BASELINES = {"zero": 0.0, "blur": "blur"}
 ON_NONFINITE = ("stop", "skip")
+# config.best_checkpoint -> whether a higher value is better.
+BEST_CHECKPOINTS = ("off", "validation_accuracy", "validation_loss")
 # config.evaluation sizes and their smallest values.
 EVALUATION_SIZES = {"num_images": 1, "batch_size": 1, "save_every": 1,
                     "figure_images": 0, "ig_steps": 1,
@@ -203,6 +223,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.data.{name} must be >= 1 (every split is "
                        f"used: train, validation accuracy after training, "
                        f"test report); got {config.data[name]}")
+  if config.best_checkpoint not in BEST_CHECKPOINTS:
+    raise ValueError(f"config.best_checkpoint must be one of "
+                     f"{BEST_CHECKPOINTS}; got {config.best_checkpoint!r}")
+  if not isinstance(config.balanced_batches, bool):
+    raise ValueError(f"config.balanced_batches must be True or False; got "
+                     f"{config.balanced_batches!r}")
   if config.on_nonfinite not in ON_NONFINITE:
     raise ValueError(f"config.on_nonfinite must be one of {ON_NONFINITE}; "
                      f"got {config.on_nonfinite!r}")
@@ -269,8 +295,15 @@ def _validate_lap(config: ml_collections.ConfigDict) -> None:
   if lap.mode not in LAP_MODES:
     raise ValueError(f"config.lap.mode must be one of {LAP_MODES}; got "
                      f"{lap.mode!r}")
+  if lap.heads_from and (lap.mode != "plugged" or not config.init_from):
+    raise ValueError("config.lap.heads_from seeds LAP-Pool heads from a "
+                     "detached LAP run: it needs config.lap.mode='plugged' "
+                     "and config.init_from=<that run>; got mode "
+                     f"{lap.mode!r}, init_from {config.init_from!r}")
   if lap.mode == "off":
     return
+  if lap.heads_from:
+    heads_from_pairs(config)
   if lap.mode == "detached" and not config.init_from:
     raise ValueError("config.lap.mode='detached' explains a trained model: "
                      "set config.init_from to its run folder")
@@ -278,6 +311,38 @@ def _validate_lap(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.lap.places must name at least one layer")
   lap_objective(config, membership=((1, -1),), expert_gamma_iar=0.1
                 ).validate()
+
+
+def heads_from_pairs(config: ml_collections.ConfigDict
+                     ) -> tuple[tuple[str, str], ...]:
+  """``config.lap.heads_from`` as ``((detached layer, place or ''), ...)``.
+
+  Raises:
+    ValueError: an entry that is not a pair of strings, a layer named
+      twice, or a place that is not in ``config.lap.places`` or is named
+      twice.
+  """
+  pairs = []
+  for entry in config.lap.heads_from:
+    if (not isinstance(entry, (tuple, list)) or len(entry) != 2
+        or not all(isinstance(v, str) for v in entry) or not entry[0]):
+      raise ValueError("config.lap.heads_from must hold (detached layer, "
+                       "LAP-Pool place) pairs of strings, e.g. (('block3', "
+                       f"'pool3'),); got the entry {entry!r}")
+    pairs.append((entry[0], entry[1]))
+  layers = [layer for layer, _ in pairs]
+  places = [place for _, place in pairs if place]
+  twice = sorted({n for n in layers if layers.count(n) > 1}
+                 | {n for n in places if places.count(n) > 1})
+  if twice:
+    raise ValueError(f"config.lap.heads_from names {twice} more than once; "
+                     "one detached head per LAP-Pool")
+  unknown = [p for p in places if p not in config.lap.places]
+  if unknown:
+    raise ValueError(f"config.lap.heads_from places {unknown} are not LAP-"
+                     f"Pools of this run: config.lap.places is "
+                     f"{list(config.lap.places)}")
+  return tuple(pairs)
 
 
 def lap_objective(config: ml_collections.ConfigDict, membership,

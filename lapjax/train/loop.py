@@ -18,6 +18,16 @@ reads the flags only when it logs or saves. With
 saves a non-finite state; with ``'skip'`` such steps leave the state as it
 was and are counted (``nonfinite_steps`` in ``metrics.jsonl``).
 
+Options of paper 000's protocol: ``config.balanced_batches`` draws every
+batch with the same count of each class (``batching.balanced_train_indices``,
+as resumable as the plain order); ``config.best_checkpoint`` measures a
+validation metric at every checkpoint and keeps the best state in
+``workdir/checkpoints-best`` (``lapjax.train.validation``;
+``load_state(..., which='best')``, ``evaluate.py --checkpoint=best``).
+``config.init_from`` starts from another run (``init_from_run``; LAP runs
+check the DC systems match, and ``config.lap.heads_from`` seeds LAP-Pools
+from detached LAPs: ``lapjax.train.lap_init``).
+
 The loss terms live in ``lapjax.train.objectives``; the run folder's plain
 files in ``lapjax.train.run_folder``. For tests of crash recovery, the
 environment variable ``LAPJAX_KILL_AFTER_CHECKPOINT=<step>`` makes the
@@ -50,13 +60,26 @@ from lapjax import lap
 from lapjax.data import batching, sources
 from lapjax.data import boxes as boxes_lib
 from lapjax.models import create_model
-from lapjax.train import checkpoint, pretrained, run_folder, sharding
-from lapjax.train.config import ON_NONFINITE, load_run_config, validate
+from lapjax.train import (
+  checkpoint,
+  lap_init,
+  pretrained,
+  run_folder,
+  sharding,
+  validation,
+)
+from lapjax.train.config import (
+  ON_NONFINITE,
+  heads_from_pairs,
+  load_run_config,
+  validate,
+)
 from lapjax.train.objectives import (
   ExplainLoss,
   LAPTraining,
   cross_entropy_loss,
   dc_membership,
+  loss_inputs,
   training_loss,
 )
 from lapjax.train.state import TrainState, create_train_state
@@ -332,9 +355,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              info["image_shape"])
   check_trainable(state.params, tuple(config.trainable))
   if config.lap.mode == "plugged":
-    lap.extend.check_places(model.pool, [
-        name for name, sub in state.params.items()
-        if isinstance(sub, dict) and "head" in sub])
+    found = [name for name, sub in state.params.items()
+             if isinstance(sub, dict) and "head" in sub]
+    if set(model.pool.places) - set(found):       # list the model's places
+      lap.extend.check_places(model.pool, found, lap.extend.pool_places(
+          model, info["image_shape"]))
 
   manager = checkpoint.checkpoint_manager(
       workdir, save_every=config.checkpoint_every)
@@ -353,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   elif config.init_from:
     state = init_from_run(state, tx, config.init_from,
                           into="backbone" if config.lap.mode == "detached"
-                          else None)
+                          else None, config=config)
   elif config.pretrained.path is not None:
     state = pretrained.init_from_pretrained(
         state, tx, config, num_classes=info["num_classes"])
@@ -367,9 +392,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lap_terms = LAPTraining.from_config(
       config, info, _expert_gamma_iar(config, train_source, info)
       if expert else None)
-  needs_boxes = bool(explain) or expert
-  keys = ("image", "label") + (("boxes", "boxes_valid") if explain else ())
-  keys += ("box_mask",) if expert else ()
+  balanced = (sources.all_labels(train_source) if config.balanced_batches
+              else None)
+  best = best_metric = kept = None
+  if config.best_checkpoint != "off":
+    higher = validation.HIGHER_IS_BETTER[config.best_checkpoint]
+    best_metric = validation.validation_metric(
+        config.best_checkpoint, model=model,
+        source=sources.make_source(config.data, "validation")[0],
+        batch_size=config.eval_batch_size, mesh=mesh,
+        data_name=config.data.name, explain=explain, lap_terms=lap_terms,
+        probabilities=config.probabilities)
+    best = checkpoint.best_checkpoint_manager(
+        workdir, metric=config.best_checkpoint, higher_is_better=higher)
+    kept = checkpoint.best_so_far(best, config.best_checkpoint)
   step_fn = make_train_step(model, tx, mesh, explain, lap_terms,
                             trainable_prefixes(config), config.probabilities,
                             config.on_nonfinite)
@@ -388,23 +424,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with (open(metrics_path, "a") if jax.process_index() == 0
         else contextlib.nullcontext()) as metrics_file:
     for step in range(start, config.num_steps):
-      host_batch = batching.train_batch(
-          train_source, config.batch_size, step, config.data.seed)
-      if needs_boxes:
-        if "boxes" not in host_batch:
-          raise ValueError(f"config.explain_loss / expert LAP supervision "
-                           f"need boxes; data {config.data.name!r} gives "
-                           "none")
-        boxes_lib.validate_boxes(
-            host_batch["boxes"][host_batch["boxes_valid"]],
-            *host_batch["image"].shape[1:3])
-        if expert:
-          host_batch["box_mask"] = boxes_lib.boxes_to_mask(
-              host_batch["boxes"], host_batch["boxes_valid"],
-              *host_batch["image"].shape[1:3])
-      host_batch = {k: host_batch[k][jax.process_index() * local_batch:
-                                     (jax.process_index() + 1) * local_batch]
-                    for k in keys}
+      host_batch = loss_inputs(
+          batching.train_batch(train_source, config.batch_size, step,
+                               config.data.seed, balanced_labels=balanced,
+                               num_classes=info["num_classes"]),
+          explain=explain, lap_terms=lap_terms, data_name=config.data.name)
+      host_batch = {k: v[jax.process_index() * local_batch:
+                         (jax.process_index() + 1) * local_batch]
+                    for k, v in host_batch.items()}
       state, metrics = step_fn(state, sharding.shard_batch(host_batch, mesh))
       sums = {k: sums.get(k, 0.0) + v for k, v in metrics.items()}
       window += 1
@@ -436,13 +463,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if save_due:
         checkpoint.save(manager, state, step=done, force=last)
         last_saved = done
+        if best is not None:
+          kept = _keep_if_best(best, best_metric, kept, state, done,
+                               config.best_checkpoint, metrics_file)
         if kill_after == done:
           manager.wait_until_finished()
+          if best is not None:
+            best.wait_until_finished()
           os.kill(os.getpid(), signal.SIGKILL)
       bar.update(1)
   bar.close()
   manager.wait_until_finished()
   manager.close()
+  if best is not None:
+    best.wait_until_finished()
+    best.close()
 
   val_source, _ = sources.make_source(config.data, "validation")
   logits, labels = predict(state, model, val_source,
@@ -455,6 +490,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   print(f"step {int(state.step)}: validation accuracy {val_acc:.4f} "
         f"({len(labels)} images); workdir {workdir}")
   return state
+
+
+def _keep_if_best(best: ocp.CheckpointManager,
+                  metric: Callable[[TrainState], float],
+                  kept: tuple[int, float] | None, state: TrainState,
+                  step: int, name: str, metrics_file: Any
+                  ) -> tuple[int, float] | None:
+  """Measures ``name`` on the validation split and saves ``state`` to the
+  best-checkpoint manager if it beats the ``kept`` ``(step, value)``
+  (strictly: the first of equal values stays; a resumed run that reaches
+  the kept step again finds it saved; a non-finite value never wins);
+  returns the new ``kept``; writes a ``metrics.jsonl`` line."""
+  value = metric(state)
+  higher = validation.HIGHER_IS_BETTER[name]
+  better = bool(np.isfinite(value)) and (
+      kept is None or (value > kept[1] if higher else value < kept[1]))
+  if better:
+    best.save(step, args=ocp.args.StandardSave(state),
+              metrics={name: value}, force=True)
+    kept = (step, value)
+  if metrics_file is not None:
+    metrics_file.write(run_folder.dumps(
+        {"step": step, name: value, "kept_as_best": kept[0] == step})
+        + "\n")
+    metrics_file.flush()
+  return kept
 
 
 def _raise_if_nonfinite(unchecked: list[tuple[int, jax.Array, jax.Array]],
@@ -513,14 +574,45 @@ def graft(params: Any, source: Any) -> tuple[Any, int]:
 
 
 def init_from_run(state: TrainState, tx: optax.GradientTransformation,
-                  workdir: str, *, into: str | None = None) -> TrainState:
+                  workdir: str, *, into: str | None = None,
+                  config: ml_collections.ConfigDict | None = None
+                  ) -> TrainState:
   """``state`` with the parameters and BatchNorm statistics of the newest
-  checkpoint of the run in ``workdir`` (under the subtree ``into``, e.g. the
-  backbone of a detached LAP model); optimiser state re-initialised."""
+  checkpoint of the run in ``workdir``; optimiser state re-initialised.
+
+  Parameters are matched by path and shape (``graft``), under the subtree
+  ``into`` (e.g. the backbone of a detached LAP model). With ``config``
+  (the run being started) and a LAP run (``config.lap.mode`` not
+  ``'off'``), the two runs' DC systems must be the same; with
+  ``config.lap.heads_from`` the source is a detached LAP run whose backbone
+  initialises this plugged model's layers and whose heads initialise its
+  LAP-Pools' (``lap_init.seed_pooled_heads``; each copy is printed).
+
+  Raises:
+    ValueError: nothing matches; the DC systems differ (the message says
+      how); or ``heads_from`` does not fit the source run (see
+      ``seed_pooled_heads``).
+  """
   other_config = load_run_config(workdir)
+  if config is not None and config.lap.mode != "off":
+    lap_init.check_same_dc_system(
+        _dc_info(other_config), _dc_info(config), workdir=workdir)
   _, other, _ = load_state(other_config, workdir)
   params, stats = dict(state.params), dict(state.batch_stats)
-  if into is None:
+  lines = []
+  if config is not None and config.lap.heads_from:
+    if other_config.lap.mode != "detached":
+      raise ValueError(
+          f"config.lap.heads_from seeds LAP-Pools from detached LAPs, but "
+          f"init_from={workdir} is a run with lap.mode="
+          f"{other_config.lap.mode!r}; give the run folder of a "
+          "config.lap.mode='detached' run")
+    params, lines = lap_init.seed_pooled_heads(
+        params, other.params, heads_from_pairs(config),
+        detached_layers=tuple(other_config.lap.places), workdir=workdir)
+    params, n = graft(params, other.params["backbone"])
+    stats, _ = graft(stats, other.batch_stats.get("backbone", {}))
+  elif into is None:
     params, n = graft(params, other.params)
     stats, _ = graft(stats, other.batch_stats)
   else:
@@ -528,22 +620,44 @@ def init_from_run(state: TrainState, tx: optax.GradientTransformation,
     if into in stats:
       stats[into], _ = graft(stats[into], other.batch_stats)
   if n == 0:
+    hint = ("different architecture?" if other_config.lap.mode != "detached"
+            else "it is a detached LAP run: to start LAP-Pools from its "
+            "heads and backbone, set config.lap.heads_from")
     raise ValueError(f"init_from={workdir}: no parameter matches this model "
-                     "(different architecture?)")
+                     f"({hint})")
+  if lines and jax.process_index() == 0:
+    print(f"init_from={workdir}: " + "; ".join(lines))
   return state.replace(params=params, batch_stats=stats,
                        opt_state=tx.init(params))
 
 
-def load_state(config: ml_collections.ConfigDict, workdir: str
+def _dc_info(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The DC system and class names of a run's data."""
+  info = sources.data_info(config.data)
+  return {"dc_membership": dc_membership(info),
+          "class_names": list(info.get("class_names",
+                                       range(info["num_classes"])))}
+
+
+def load_state(config: ml_collections.ConfigDict, workdir: str, *,
+               which: str = "latest"
                ) -> tuple[nn.Module, TrainState, dict[str, Any]]:
-  """The model, its newest checkpointed state and the data info of a run."""
+  """The model, a checkpointed state and the data info of a run.
+
+  Args:
+    config: the run's config.
+    workdir: the run folder.
+    which: ``'latest'`` (the newest readable checkpoint) or ``'best'``
+      (the one ``config.best_checkpoint`` kept in
+      ``workdir/checkpoints-best``).
+
+  Raises:
+    FileNotFoundError: no such checkpoint (the message says why).
+    ValueError: an unknown ``which``, or non-finite parameters.
+  """
   validate(config)
-  step = checkpoint.latest_step(workdir)
-  if step is None:
-    where = os.path.join(os.path.abspath(workdir), "checkpoints")
-    raise FileNotFoundError(
-        f"no checkpoint in {where}; train first: python train.py --config "
-        f"... --workdir {workdir}")
+  if which not in ("latest", "best"):
+    raise ValueError(f"which must be 'latest' or 'best'; got {which!r}")
   info = sources.data_info(config.data)
   model = build_model(config, info)
   tx, _ = make_optimizer(config)
@@ -552,13 +666,47 @@ def load_state(config: ml_collections.ConfigDict, workdir: str
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
       jax.eval_shape(lambda: create_train_state(
           model, tx, jax.random.key(config.seed), info["image_shape"])))
-  manager = checkpoint.checkpoint_manager(
-      workdir, save_every=config.checkpoint_every)
-  state = checkpoint.restore(manager, like)
-  manager.close()
+  if which == "best":
+    state = _restore_best(config, workdir, like)
+  else:
+    step = checkpoint.latest_step(workdir)
+    if step is None:
+      where = os.path.join(os.path.abspath(workdir), "checkpoints")
+      raise FileNotFoundError(
+          f"no checkpoint in {where}; train first: python train.py "
+          f"--config ... --workdir {workdir}")
+    manager = checkpoint.checkpoint_manager(
+        workdir, save_every=config.checkpoint_every)
+    state = checkpoint.restore(manager, like)
+    manager.close()
   if not checkpoint.all_finite((state.params, state.batch_stats)):
     raise ValueError(
         f"the checkpoint of step {int(state.step)} in {workdir} holds "
         "non-finite parameters (a diverged run, saved before lapjax "
         "checked); retrain with a lower config.optimizer.learning_rate")
   return model, state, info
+
+
+def _restore_best(config: ml_collections.ConfigDict, workdir: str,
+                  like: TrainState) -> TrainState:
+  """The state ``config.best_checkpoint`` kept in ``workdir``."""
+  where = os.path.join(os.path.abspath(workdir), checkpoint.BEST_FOLDER)
+  if config.best_checkpoint == "off":
+    raise FileNotFoundError(
+        f"{workdir} was trained with config.best_checkpoint='off', so it "
+        "kept no best checkpoint; use the latest, or retrain with "
+        "config.best_checkpoint='validation_accuracy'")
+  if not os.path.isdir(where):
+    raise FileNotFoundError(f"no best checkpoint in {where} (training "
+                            "saves one with its first checkpoint)")
+  manager = checkpoint.best_checkpoint_manager(
+      workdir, metric=config.best_checkpoint,
+      higher_is_better=validation.HIGHER_IS_BETTER[config.best_checkpoint])
+  try:
+    step = manager.best_step()
+    if step is None:
+      raise FileNotFoundError(f"no best checkpoint in {where} (training "
+                              "saves one with its first checkpoint)")
+    return checkpoint.restore(manager, like, step=step)
+  finally:
+    manager.close()

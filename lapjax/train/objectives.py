@@ -27,6 +27,7 @@ import optax
 
 from lapjax import explain_loss, lap
 from lapjax.classifier import apply_tapped, from_flax
+from lapjax.data import boxes as boxes_lib
 from lapjax.train.config import lap_objective
 
 
@@ -87,11 +88,40 @@ class LAPTraining(NamedTuple):
                config.lap.mode == "detached")
 
 
+def loss_inputs(host_batch: dict[str, np.ndarray], *,
+                explain: ExplainLoss | None, lap_terms: LAPTraining | None,
+                data_name: str) -> dict[str, np.ndarray]:
+  """The arrays of a host batch that ``training_loss`` reads: ``image``,
+  ``label`` and, as the terms need them, ``boxes``/``boxes_valid`` (the
+  explanation loss) or ``box_mask`` (expert LAP supervision, rendered
+  from the boxes).
+
+  Raises:
+    ValueError: the terms need boxes and the data gives none, or boxes
+      outside the image.
+  """
+  expert = (lap_terms is not None
+            and lap_terms.objective.supervision == "expert")
+  keys = ("image", "label") + (("boxes", "boxes_valid") if explain else ())
+  if explain is not None or expert:
+    if "boxes" not in host_batch:
+      raise ValueError(f"config.explain_loss / expert LAP supervision need "
+                       f"boxes; data {data_name!r} gives none")
+    boxes_lib.validate_boxes(host_batch["boxes"][host_batch["boxes_valid"]],
+                             *host_batch["image"].shape[1:3])
+  out = {k: host_batch[k] for k in keys}
+  if expert:
+    out["box_mask"] = boxes_lib.boxes_to_mask(
+        host_batch["boxes"], host_batch["boxes_valid"],
+        *host_batch["image"].shape[1:3])
+  return out
+
+
 def training_loss(params: Any, batch_stats: Any, batch: dict[str, jax.Array],
                   key: jax.Array, *, model: nn.Module,
                   explain: ExplainLoss | None = None,
                   lap_terms: LAPTraining | None = None,
-                  probabilities: str = "softmax"
+                  probabilities: str = "softmax", train: bool = True
                   ) -> tuple[jax.Array, tuple[jax.Array, Any,
                                               dict[str, jax.Array]]]:
   """The loss ``L`` of one training forward pass, for ``jax.value_and_grad``.
@@ -119,6 +149,9 @@ def training_loss(params: Any, batch_stats: Any, batch: dict[str, jax.Array],
     explain: the explanation term, or None.
     lap_terms: the LAP terms, or None.
     probabilities: ``'softmax'`` or ``'sigmoid'``.
+    train: the model's training mode (False: BatchNorm on its running
+      statistics, no dropout; the validation loss of
+      ``config.best_checkpoint='validation_loss'``).
 
   Returns:
     ``(loss, (logits [B, K], new batch_stats, terms))``, ``terms`` a dict
@@ -128,7 +161,7 @@ def training_loss(params: Any, batch_stats: Any, batch: dict[str, jax.Array],
   mutable = ["batch_stats"] + (["lap"] if lap_terms is not None else [])
   tapped = explain is not None and explain.statistics == "batch"
   variables = {"params": params, "batch_stats": batch_stats}
-  kwargs = dict(train=True, mutable=mutable, rngs={"dropout": key})
+  kwargs = dict(train=train, mutable=mutable, rngs={"dropout": key})
   if tapped:
     def forward(delta):
       (logits, updates), feats = apply_tapped(

@@ -17,6 +17,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from lapjax.train.config import load_run_config
+
 # Fields that may change when a run resumes (the rest must match).
 # ``num_steps`` is not one of them: the learning-rate schedule depends on it
 # (warm-up and cosine decay span the run), so a resumed run with another
@@ -86,8 +88,8 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict,
           "cannot tell which config trained them; use a new --workdir, or "
           f"restore {path} if you know it")
     return
-  with open(path) as f:
-    saved = json.load(f)
+  # Fields added to the schema after the run was trained: their defaults.
+  saved = json.loads(load_run_config(workdir).to_json_best_effort())
   now = json.loads(config.to_json_best_effort())
   free = set(RESUMABLE_CHANGES)
   if now.get("optimizer", {}).get("schedule") == "constant" == saved.get(

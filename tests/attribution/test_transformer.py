@@ -7,8 +7,10 @@ authors' released code computed on a reduced-size ViT with fixed weights
 (``tools/fixtures/make_transformer.py``); no torch here.
 """
 
+import functools
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,7 +141,7 @@ def test_a_cnn_or_a_missing_layout_is_refused():
 
   cnn = Classifier(apply=apply, layers=("conv",))
   for method in (tr.attention_rollout, tr.gae, tr.bi_attn, tr.t_attn,
-                 tr.transformer_attribution):
+                 tr.transformer_attribution, tr.inflow):
     with pytest.raises(ValueError, match="taps no attention layer.*conv"):
       method(cnn, X_SMALL, jnp.array([0]), tokens=SMALL)
   clf = _hand_set([_attention(0)], [_weights(1)])
@@ -272,3 +274,80 @@ def test_attribution_lens_around_each_method(reference, method, options):
     assert not np.any(got)
   else:
     assert np.any(got)
+
+
+# --- InFlow ------------------------------------------------------------------
+
+
+def _inflow_hand_set(a, w, v, tokens):
+  """One block as ``inflow_classifier`` reports it: hand-set attention
+  ``a``, attention output, MLP output and block output ``tokens`` (fixed),
+  logits ``<W_k, A>`` and block scores ``<V_k, A>`` (so the final and the
+  bottom-up attention gradients are ``W_k`` and ``V_k``)."""
+  attn_out, mlp_out, block_out = (jnp.asarray(t) for t in tokens)
+
+  def apply(x, deltas=None):
+    deltas = deltas or {}
+    probs = jnp.broadcast_to(jnp.asarray(a), (x.shape[0], *a.shape[1:])) + (
+        deltas.get("block1/attn/probs", 0.0))
+    feats = {"block1/attn/probs": probs, "block1/attn": attn_out,
+             "block1/mlp": mlp_out, "block1": block_out,
+             "block1/probe": jnp.einsum("bhij,khij->bk", probs, v)}
+    return jnp.einsum("bhij,khij->bk", probs, w), feats
+
+  return Classifier(apply=apply, layers=("block1/attn/probs",))
+
+
+def test_inflow_of_one_block_is_the_formula_by_hand():
+  a, w, v = _attention(14), _weights(15), _weights(16)
+  rng = np.random.default_rng(17)
+  attn_out, mlp_out, block_out = rng.normal(
+      size=(3, 1, TOKENS, 4)).astype(np.float32)
+  clf = _inflow_hand_set(a, w, v, (attn_out, mlp_out, block_out))
+  got = tr.inflow(clf, X_SMALL, jnp.array([[0, 2]]), tokens=SMALL,
+                  resize=False)
+  norm = functools.partial(np.linalg.norm, axis=-1)
+  resid = block_out[0] - mlp_out[0]                      # input + attention
+  n_in, n_attn = norm(resid - attn_out[0]), norm(attn_out[0])
+  n_resid, n_mlp = norm(resid), norm(mlp_out[0])
+  keep_in, attn_share = n_in / (n_in + n_attn), n_attn / (n_in + n_attn)
+  keep_resid, mlp_share = (n_resid / (n_resid + n_mlp),
+                           n_mlp / (n_resid + n_mlp))
+  ratio = (mlp_share / keep_resid) / (mlp_share / keep_resid).sum()
+  for j, k in enumerate((0, 2)):
+    agree = np.abs(np.einsum("hki,hkj->hij", a[0], w[k])).mean((1, 2))
+    kept = (a[0] * (agree / agree.sum())[:, None, None]).max(0)
+    kept = np.maximum(v[k].mean(0) * kept, 0)            # bottom-up gradient
+    m = kept * attn_share[None] + np.diag(keep_in)       # columns scaled
+    m = m * (ratio * mlp_share + keep_resid)[None]
+    m = m / m.sum(-1, keepdims=True)
+    np.testing.assert_allclose(got[0, j], _patch_map(m[0]), rtol=1e-5)
+
+
+def test_inflow_equals_walkers_code(reference):
+  _, _, fx, (module, variables) = reference
+  clf = tr.inflow_classifier(module, variables)
+  # The classifier is the model: same logits, raw tokens, block scores.
+  x = jnp.asarray(fx["input"])
+  logits, feats = clf.apply(x)
+  np.testing.assert_allclose(logits, fx["logits"], rtol=1e-5,
+                             atol=1e-5 * np.abs(fx["logits"]).max())
+  assert feats["block4"].shape == (2, 25, 48)
+  assert feats["block4/probe"].shape == (2, 10)
+  expected = np.load(FIXTURES / "transformer" / "inflow.npz")
+  for name, options in (
+      ("inflow", {}),
+      ("inflow_attention_residual", {"residuals": "attention"}),
+      ("inflow_without_gradient", {"bottom_up_gradient": False})):
+    _assert_maps(_maps(tr.inflow, clf, fx, **options), expected[name])
+
+
+def test_inflow_needs_its_classifier_and_a_vit(reference):
+  clf, _, fx, (module, variables) = reference
+  with pytest.raises(ValueError, match="inflow_classifier"):
+    _maps(tr.inflow, clf, fx)
+  with pytest.raises(ValueError, match="VisionTransformer; got Dense"):
+    tr.inflow_classifier(nn.Dense(3), {})
+  inflow_clf = tr.inflow_classifier(module, variables)
+  with pytest.raises(ValueError, match="residuals must be"):
+    _maps(tr.inflow, inflow_clf, fx, residuals="mlp")

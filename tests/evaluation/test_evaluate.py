@@ -1,6 +1,7 @@
 """evaluate(): the report of a trained run, and its errors."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from lapjax.metrics import (
   nan_summary,
   validity,
 )
-from lapjax.train import load_state, predict, run_folder, train_and_evaluate
+from lapjax.train import load_state, predict, run_folder
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,10 +39,8 @@ def optimised_xla():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  train_and_evaluate(default.get_config("tiny"), str(workdir), progress=False)
-  return workdir
+def run(tiny_run_dir, tmp_path_factory):
+  return shutil.copytree(tiny_run_dir, tmp_path_factory.mktemp("e") / "run")
 
 
 # Methods of every kind: plain and guided gradients, a CAM, perturbation,

@@ -83,7 +83,8 @@ def test_transformer_methods_run_on_a_vit():
   x = jax.random.uniform(jax.random.key(1), (2, 16, 24, 3))
   v = module.init(jax.random.key(2), x)
   table = standard_methods("block2/norm1", key=KEY, image_size=16)
-  methods = {n: table[n] for n in ("grad_rollout", "t_attr", "grad_cam")}
+  methods = {n: table[n] for n in ("grad_rollout", "t_attr", "inflow",
+                                   "grad_cam")}
   clfs = method_classifiers(methods, module, v, layers=["block2/norm1"],
                             input_shape=x.shape[1:])
   maps = explanations.explain(clfs, np.asarray(x), np.array([0, 2]),
@@ -93,4 +94,8 @@ def test_transformer_methods_run_on_a_vit():
   np.testing.assert_allclose(
       maps["grad_rollout"], attr.gae(clfs["attention"], x,
                                      jnp.array([0, 2])),
+      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      maps["inflow"], attr.inflow(attr.inflow_classifier(module, v), x,
+                                  jnp.array([0, 2])),
       rtol=1e-5, atol=1e-6)

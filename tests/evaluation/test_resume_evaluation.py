@@ -4,6 +4,7 @@ settings is refused, naming them."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from configs import default
 from lapjax.evaluation.evaluate import evaluate
 from lapjax.evaluation.streaming import KILL_AFTER_SAVE
-from lapjax.train import run_folder, train_and_evaluate
+from lapjax.train import run_folder
 
 # XLA's optimisations on, as users run (without them XLA:CPU returns NaN
 # for vmapped VJPs through max pooling: docs/xla-noopt-nan.md).
@@ -49,10 +50,9 @@ def _evaluate_killed(workdir):
                         timeout=600, cwd=ROOT, check=False)
 
 
-def test_killed_evaluation_resumes_to_the_uninterrupted_report(tmp_path):
-  workdir = tmp_path / "run"
-  train_and_evaluate(default.get_config("tiny"), str(workdir),
-                     progress=False)
+def test_killed_evaluation_resumes_to_the_uninterrupted_report(tiny_run_dir,
+                                                              tmp_path):
+  workdir = shutil.copytree(tiny_run_dir, tmp_path / "run")
   straight = json.loads(run_folder.dumps(evaluate(_config(), str(workdir))))
   assert not (workdir / "eval" / "state.npz").exists()
 

@@ -1,5 +1,7 @@
 """Localisation and complexity metrics on hand-computed cases (PITFALLS)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,3 +175,76 @@ def test_shape_errors():
     metrics.pointing_game(np.zeros((1, 4, 4)), np.zeros((1, 4, 5), bool))
   with pytest.raises(ValueError, match="masks must be bool"):
     metrics.roc_auc(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))
+
+
+@functools.partial(jax.jit, static_argnames=("k", "sparseness_sign"))
+def _shared_and_separate(maps, masks, k, sparseness_sign="abs"):
+  """``ranking_metrics`` and the four separate functions."""
+  shared = metrics.localization.ranking_metrics(
+      maps, masks, k=k, sparseness_sign=sparseness_sign)
+  separate = {
+      "relevance_rank": metrics.relevance_rank_accuracy(maps, masks),
+      "top_k_intersection": metrics.top_k_intersection(maps, masks, k=k),
+      "roc_auc": metrics.roc_auc(maps, masks),
+      "sparseness": metrics.sparseness(maps, sign=sparseness_sign)}
+  return shared, separate
+
+def _hand_made_ranking_cases():
+  """Maps [10, 4, 6] with ties, a constant, a NaN, an inf and an all-zero
+  map; masks with an empty, a full and a one-pixel mask."""
+  maps = np.zeros((10, 4, 6), np.float32)
+  maps[0] = np.arange(24).reshape(4, 6) % 5          # runs of 5 tied values
+  maps[1] = 3.0                                      # constant
+  maps[2] = np.arange(24).reshape(4, 6)
+  maps[2, 1, 1] = np.nan                             # invalid
+  maps[3] = np.arange(24).reshape(4, 6)
+  maps[3, 0, 0] = np.inf                             # invalid
+  # maps[4] stays all-zero: constant and no mass.
+  maps[5, :2, :3] = 1.0                              # one block, ties
+  maps[6] = np.linspace(-1.0, 1.0, 24).reshape(4, 6)
+  maps[7] = np.array([[0, 1, 1, 2, 2, 2]] * 4, np.float32)
+  maps[7, ::2, 0] = -0.0                             # ties with +0.0
+  maps[8] = np.arange(24).reshape(4, 6)[::-1]
+  maps[9] = np.array([[1, 0, 0, 0, 0, 1]] * 4, np.float32)
+  masks = np.zeros((10, 4, 6), bool)
+  masks[:, 1:3, 2:5] = True                          # partial, off-centre
+  masks[5] = False                                   # empty
+  masks[8] = True                                    # full
+  masks[9] = False
+  masks[9, 3, 5] = True                              # one pixel
+  return maps, masks
+
+
+@pytest.mark.parametrize("k", [1, 1000])
+def test_ranking_metrics_equal_the_separate_functions(k):
+  """One shared sort gives each sort-based metric's own value, NaN for
+  NaN (ties, constant, non-finite maps, empty and full masks)."""
+  maps, masks = _hand_made_ranking_cases()
+  shared, separate = jax.device_get(_shared_and_separate(maps, masks, k))
+  for name, want in separate.items():
+    np.testing.assert_allclose(shared[name], want, atol=1e-6, rtol=0,
+                               err_msg=name)
+  # The NaN cases are the documented ones, not an artefact of sharing.
+  assert np.isnan(shared["roc_auc"][[2, 3, 5, 8]]).all()
+  assert np.isnan(shared["relevance_rank"][[1, 2, 3, 4, 5, 8]]).all()
+  assert np.isnan(shared["sparseness"][[2, 3, 4]]).all()
+  # One mask pixel at 1: above 16 zeros, tied with 7 other ones.
+  assert float(shared["roc_auc"][9]) == pytest.approx((16 + 7 / 2) / 23)
+
+
+@pytest.mark.parametrize("sign", ["abs", "positive"])
+def test_ranking_metrics_sparseness_of_signed_and_non_negative_maps(sign):
+  """Negative values take the second sort of ``|map|`` ('abs'); a batch
+  without them reads ``|map|`` off the shared sort: both equal
+  ``sparseness``."""
+  rng = np.random.default_rng(0)
+  signed = rng.integers(-3, 4, (10, 4, 6)).astype(np.float32)
+  _, masks = _hand_made_ranking_cases()
+  for maps in (signed, np.abs(signed), -np.abs(signed)):
+    shared, separate = jax.device_get(
+        _shared_and_separate(maps, masks, 9, sign))
+    for name, want in separate.items():
+      np.testing.assert_allclose(shared[name], want, atol=1e-6, rtol=0,
+                                 err_msg=f"{name}, sign={sign}")
+  with pytest.raises(ValueError, match="sparseness_sign"):
+    metrics.localization.ranking_metrics(signed, masks, sparseness_sign="all")

@@ -5,6 +5,7 @@ processes (``config.multihost``), against one process on one device."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+from configs import default
 from lapjax.evaluation.evaluate import evaluate
-from lapjax.train import load_state, run_folder, train_and_evaluate
+from lapjax.train import load_state, run_folder
 from tests.train import multihost_config
 
 # XLA's optimisations on, as users run (without them XLA:CPU returns NaN
@@ -77,11 +79,12 @@ def assert_reports_close(got, expect, path="report"):
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
-  """The tiny run trained and evaluated in this process, on one device."""
-  workdir = tmp_path_factory.mktemp("one")
-  state = train_and_evaluate(multihost_config.train_config(), str(workdir),
-                             progress=False)
+def one_process(tiny_run_dir, tmp_path_factory):
+  """The tiny run (trained in one process on one device, conftest.py)
+  evaluated in this process."""
+  assert multihost_config.train_config() == default.get_config("tiny")
+  workdir = shutil.copytree(tiny_run_dir, tmp_path_factory.mktemp("o") / "r")
+  _, state, _ = load_state(multihost_config.train_config(), str(workdir))
   report = evaluate(multihost_config.evaluation_config(), str(workdir))
   assert report["devices"] == {"devices": 1, "processes": 1}
   return workdir, state, json.loads(run_folder.dumps(report))
