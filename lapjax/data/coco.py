@@ -31,6 +31,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lapjax.data.boxes import mask_to_box
+from lapjax.data.decode import check_indices, resize_and_crop
+
 MAX_LABELS = 8     # present classes kept per image (the largest first)
 MAX_BOXES = 16     # instance boxes kept per image (the largest first)
 
@@ -113,16 +116,8 @@ class CocoSource:
                        "annotation")
 
   def _transform(self, img: Image.Image, resample) -> Image.Image:
-    h, w = self.image_size
-    if self.resize_size is None:
-      return img.resize((w, h), resample)
-    iw, ih = img.size
-    scale = self.resize_size / min(ih, iw)
-    nw = int(self.resize_size if iw <= ih else iw * scale)
-    nh = int(self.resize_size if ih <= iw else ih * scale)
-    top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
-    return img.resize((nw, nh), resample).crop((left, top, left + w,
-                                                top + h))
+    return resize_and_crop(img, self.image_size, self.resize_size,
+                           resample)[0]
 
   def _one(self, i: int) -> dict[str, np.ndarray]:
     info = self._images[i]
@@ -145,7 +140,6 @@ class CocoSource:
     for j, c in enumerate(present):
       labels[j] = c
       masks[j] = np.any([m for k, m in objects if k == c], axis=0)
-    from lapjax.data.boxes import mask_to_box
     boxes = np.zeros((MAX_BOXES, 4), np.float32)
     kept = [m for _, m in objects][:MAX_BOXES]
     if kept:
@@ -157,10 +151,6 @@ class CocoSource:
             "mask": masks[0]}
 
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    indices = np.asarray(indices).reshape(-1)
-    if indices.size and (indices.min() < 0
-                         or indices.max() >= self.num_examples):
-      raise IndexError(f"indices must be in [0, {self.num_examples}); got "
-                       f"[{indices.min()}, {indices.max()}]")
+    indices = check_indices(indices, self.num_examples)
     rows = [self._one(int(i)) for i in indices]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

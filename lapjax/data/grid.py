@@ -39,28 +39,37 @@ def _half(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   return np.stack(out)
 
 
-def choose_tiles(labels: np.ndarray, num_grids: int, *,
-                 seed: int) -> np.ndarray:
-  """Picks ``[num_grids, 4]`` example indices whose labels are distinct.
+def choose_distinct(labels: np.ndarray, num: int, per_item: int, *,
+                    seed: int, what: str) -> np.ndarray:
+  """Picks ``[num, per_item]`` example indices whose labels are distinct.
 
-  Deterministic in ``seed``; the four classes of each grid are drawn
-  uniformly among the classes present, then one example of each.
+  Deterministic in ``seed``; the ``per_item`` classes of each item are
+  drawn uniformly among the classes present, then one example of each.
 
   Raises:
-    ValueError: fewer than four distinct classes in ``labels``.
+    ValueError: fewer than ``per_item`` distinct classes in ``labels``
+      (the message names ``what`` needs them).
   """
   labels = np.asarray(labels).reshape(-1)
   classes = np.unique(labels)
-  if len(classes) < QUADRANTS:
-    raise ValueError(f"a grid needs {QUADRANTS} distinct classes; labels "
+  if len(classes) < per_item:
+    raise ValueError(f"{what} needs {per_item} distinct classes; labels "
                      f"have {len(classes)}: {classes.tolist()}")
   by_class = {c: np.flatnonzero(labels == c) for c in classes}
   rng = np.random.default_rng(seed)
-  out = np.empty((num_grids, QUADRANTS), np.int64)
-  for g in range(num_grids):
-    chosen = rng.choice(classes, QUADRANTS, replace=False)
+  out = np.empty((num, per_item), np.int64)
+  for g in range(num):
+    chosen = rng.choice(classes, per_item, replace=False)
     out[g] = [rng.choice(by_class[c]) for c in chosen]
   return out
+
+
+def choose_tiles(labels: np.ndarray, num_grids: int, *,
+                 seed: int) -> np.ndarray:
+  """``[num_grids, 4]`` example indices of four distinct classes each
+  (``choose_distinct``)."""
+  return choose_distinct(labels, num_grids, QUADRANTS, seed=seed,
+                         what="a grid")
 
 
 def make_grids(batch: dict[str, np.ndarray], tiles: np.ndarray

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from lapjax.data.decode import check_indices, resize_and_crop
+
 IGNORED = 1000           # ImageNet-S id of ignored pixels
 BACKGROUND = 0           # ImageNet-S id of the "other" category
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -109,16 +111,8 @@ class ImageDirSource:
                               f"{masks}")
 
   def _resize(self, img: Image.Image, resample) -> Image.Image:
-    h, w = self.image_size
-    if self.resize_size is None:
-      return img.resize((w, h), resample)
-    iw, ih = img.size
-    scale = self.resize_size / min(ih, iw)
-    nw = int(self.resize_size if iw <= ih else iw * scale)
-    nh = int(self.resize_size if ih <= iw else ih * scale)
-    top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
-    return img.resize((nw, nh), resample).crop((left, top, left + w,
-                                                top + h))
+    return resize_and_crop(img, self.image_size, self.resize_size,
+                           resample)[0]
 
   def _one(self, i: int) -> dict[str, np.ndarray]:
     image_path, mask_path, label = self.items[i]
@@ -132,10 +126,6 @@ class ImageDirSource:
             "mask": (ids != BACKGROUND) & (ids != IGNORED)}
 
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    indices = np.asarray(indices).reshape(-1)
-    if indices.size and (indices.min() < 0
-                         or indices.max() >= self.num_examples):
-      raise IndexError(f"indices must be in [0, {self.num_examples}); got "
-                       f"[{indices.min()}, {indices.max()}]")
+    indices = check_indices(indices, self.num_examples)
     rows = [self._one(int(i)) for i in indices]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from lapjax.data import clues
+from lapjax.data.decode import check_indices
 
 
 class ArraySource:
@@ -55,10 +56,7 @@ class ClueSource:
 
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     indices = np.asarray(indices)
-    if indices.size and (indices.min() < 0
-                         or indices.max() >= self.num_examples):
-      raise IndexError(f"indices must be in [0, {self.num_examples}); got "
-                       f"[{indices.min()}, {indices.max()}]")
+    check_indices(indices, self.num_examples)
     if self._cache is not None:
       return self._cache.get(indices)
     return self._render(indices)

@@ -36,6 +36,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lapjax.data import boxes as boxes_lib
+from lapjax.data.decode import check_indices, resize_and_crop
 
 MAX_BOXES = 16   # boxes kept per image (the largest first)
 MAX_LABELS = 8   # present classes kept per image (multi_label)
@@ -170,21 +171,11 @@ class TfdsSource:
     """The resized (and cropped) image in [0, 1] and the box transform
     ``(scale_y, scale_x, offset_y, offset_x)`` in pixels of the input."""
     h, w = self.image_size
-    ih, iw = image.shape[:2]
     rgb = image[..., 0] if image.shape[-1] == 1 else image
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[
         self.interpolation]
-    if self.resize_size is None:
-      out = Image.fromarray(rgb).resize((w, h), resample)
-      geometry = (h / ih, w / iw, 0.0, 0.0)
-    else:
-      scale = self.resize_size / min(ih, iw)
-      nw = int(self.resize_size if iw <= ih else iw * scale)
-      nh = int(self.resize_size if ih <= iw else ih * scale)
-      top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
-      out = Image.fromarray(rgb).resize((nw, nh), resample).crop(
-          (left, top, left + w, top + h))
-      geometry = (nh / ih, nw / iw, -top, -left)
+    out, geometry = resize_and_crop(Image.fromarray(rgb), self.image_size,
+                                    self.resize_size, resample)
     return (np.asarray(out, np.float32).reshape(h, w, -1) / 255.0,
             geometry)
 
@@ -233,11 +224,7 @@ class TfdsSource:
     return out
 
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    indices = np.asarray(indices).reshape(-1)
-    if indices.size and (indices.min() < 0
-                         or indices.max() >= self.num_examples):
-      raise IndexError(f"indices must be in [0, {self.num_examples}); got "
-                       f"[{indices.min()}, {indices.max()}]")
+    indices = check_indices(indices, self.num_examples)
     rows = [self._one(self._source[int(i)]) for i in indices]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     if self._has_boxes:

@@ -32,6 +32,7 @@ import numpy as np
 from lapjax import metrics
 from lapjax.attribution import lens_refine
 from lapjax.classifier import Classifier
+from lapjax.data import grid
 
 SIDES = 2
 CENTRED_FRACTION = 0.8   # object pixels inside the central band (paper)
@@ -58,26 +59,14 @@ def centred(masks: np.ndarray, *, fraction: float = CENTRED_FRACTION
 
 def choose_pairs(labels: np.ndarray, num_composites: int, *, seed: int
                  ) -> np.ndarray:
-  """``[G, 2]`` indices of images of two distinct classes (left, right).
-
-  Deterministic in ``seed``: two classes drawn uniformly among those
-  present, then one image of each.
+  """``[G, 2]`` indices of images of two distinct classes (left, right),
+  deterministic in ``seed`` (``grid.choose_distinct``).
 
   Raises:
     ValueError: fewer than two distinct classes in ``labels``.
   """
-  labels = np.asarray(labels).reshape(-1)
-  classes = np.unique(labels)
-  if len(classes) < SIDES:
-    raise ValueError(f"a two-image composite needs 2 distinct classes; "
-                     f"labels have {len(classes)}: {classes.tolist()}")
-  by_class = {c: np.flatnonzero(labels == c) for c in classes}
-  rng = np.random.default_rng(seed)
-  out = np.empty((num_composites, SIDES), np.int64)
-  for g in range(num_composites):
-    a, b = rng.choice(classes, SIDES, replace=False)
-    out[g] = [rng.choice(by_class[a]), rng.choice(by_class[b])]
-  return out
+  return grid.choose_distinct(labels, num_composites, SIDES, seed=seed,
+                              what="a two-image composite")
 
 
 def make_composites(batch: dict[str, np.ndarray], pairs: np.ndarray

@@ -243,7 +243,7 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
   if comparisons:
     report["significance"] = {
         "test": "paired t-test over images, two-sided", "reference": "lap",
-        **comparisons}
+        "scores": comparisons}
   positive = binary_positive_class(dcs)
   if positive is not None:
     report["classification"] = binary_summary(test["label"], pred,
@@ -368,8 +368,9 @@ def _box_tables(report: dict[str, Any]) -> list[str]:
 
 
 def _significance_table(sig: dict[str, Any]) -> list[str]:
-  scores = [k for k in sig if k not in ("test", "reference")]
-  methods = sorted({m for k in scores for m in sig[k]})
+  by_score = sig["scores"]
+  scores = list(by_score)
+  methods = sorted({m for k in scores for m in by_score[k]})
   lines = ["", f"{sig['reference']} against each method, {sig['test']}: "
            "mean difference (lap minus the method; IoU in percentage "
            "points, SRG x 100) ± its standard error, p-value, pairs:", "",
@@ -378,7 +379,7 @@ def _significance_table(sig: dict[str, Any]) -> list[str]:
   for m in methods:
     cells = []
     for k in scores:
-      r = sig[k].get(m)
+      r = by_score[k].get(m)
       cells.append("" if r is None else format_comparison(r, scale=100))
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   return lines

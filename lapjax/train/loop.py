@@ -355,11 +355,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              info["image_shape"])
   check_trainable(state.params, tuple(config.trainable))
   if config.lap.mode == "plugged":
-    found = [name for name, sub in state.params.items()
-             if isinstance(sub, dict) and "head" in sub]
-    if set(model.pool.places) - set(found):       # list the model's places
-      lap.extend.check_places(model.pool, found, lap.extend.pool_places(
-          model, info["image_shape"]))
+    lap.extend.check_places(model.pool, [
+        name for name, sub in state.params.items()
+        if isinstance(sub, dict) and "head" in sub],
+        lap.extend.pool_places(model, info["image_shape"]))
 
   manager = checkpoint.checkpoint_manager(
       workdir, save_every=config.checkpoint_every)

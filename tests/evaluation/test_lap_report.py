@@ -90,8 +90,8 @@ def _report():
                         "grad_cam": {"mu_sigma": summary}},
       "significance": {"test": "paired t-test over images, two-sided",
                        "reference": "lap",
-                       "iou/mu_sigma": {"grad_cam": paired_t_test(
-                           [0.5, 0.6, 0.7, 0.4], [0.3, 0.5, 0.4, 0.4])}},
+                       "scores": {"iou/mu_sigma": {"grad_cam": paired_t_test(
+                           [0.5, 0.6, 0.7, 0.4], [0.3, 0.5, 0.4, 0.4])}}},
       "classification": {"n": 8, "accuracy": 0.75, "sensitivity": 0.5,
                          "specificity": 1.0, "balanced_accuracy": 0.75,
                          "f1": 2 / 3},
@@ -113,7 +113,7 @@ def test_markdown_shows_the_new_numbers():
   assert "25.0 ± 5.0" in row                         # tIoU mu_sigma
   assert "| grad_cam | n/a |" in text                # no box: undefined
   # LAP minus Grad-CAM: (0.2 + 0.1 + 0.3 + 0) / 4 = 15 points.
-  r = _report()["significance"]["iou/mu_sigma"]["grad_cam"]
+  r = _report()["significance"]["scores"]["iou/mu_sigma"]["grad_cam"]
   assert (f"| grad_cam | +15.0 ± {100 * r['standard_error']:.1f} "
           f"(p = {r['p_value']:.3f}, n=4) |") in text
   assert "| 0.750 | 0.500 | 1.000 | 0.750 | 0.667 |" in text
