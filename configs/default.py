@@ -38,32 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
 
   if arg == "tiny":
-    c.data.image_size = (32, 32)
-    c.data.min_clue_fraction = 0.04
-    c.data.max_clue_fraction = 0.2
-    c.data.num_train = 256
-    c.data.num_validation = 64
-    c.data.num_test = 64
+    shrink_to_tiny(c)
     c.model.kwargs.widths = (8, 16)
-    c.batch_size = 16
-    c.num_steps = 12
-    c.log_every = 4
-    c.checkpoint_every = 4
-    c.optimizer.warmup_steps = 2
-    c.eval_batch_size = 32
     c.evaluation.layer = "block2"
-    c.evaluation.num_images = 16
-    c.evaluation.figure_images = 3
-    c.evaluation.ig_steps = 4
-    c.evaluation.rise_masks = 16
-    c.evaluation.smoothgrad_samples = 2
-    c.evaluation.sanity_images = 4
-    c.evaluation.sanity_keys = 2
-    c.evaluation.sloc_masks = 16
-    c.evaluation.sloc_steps = 20
-    c.evaluation.sloc_calibration_images = 4
-    c.evaluation.faithfulness_images = 8
-    c.evaluation.faithfulness_steps = 4
   elif arg == "resnet18":
     c.model.name = "resnet18"
     c.model.kwargs = ml_collections.ConfigDict(
@@ -73,3 +50,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown config variant {arg!r}; use 'tiny' or "
                      "'resnet18'")
   return c
+
+
+def shrink_to_tiny(c: ml_collections.ConfigDict) -> None:
+  """The test-sized settings every clue config's ``tiny`` variant shares:
+  32 x 32 images, 256 training images, 12 steps, small evaluation."""
+  c.data.image_size = (32, 32)
+  c.data.min_clue_fraction = 0.04
+  c.data.max_clue_fraction = 0.2
+  c.data.num_train = 256
+  c.data.num_validation = 64
+  c.data.num_test = 64
+  c.batch_size = 16
+  c.num_steps = 12
+  c.log_every = 4
+  c.checkpoint_every = 4
+  c.optimizer.warmup_steps = 2
+  c.eval_batch_size = 32
+  c.evaluation.num_images = 16
+  c.evaluation.figure_images = 3
+  c.evaluation.ig_steps = 4
+  c.evaluation.rise_masks = 16
+  c.evaluation.smoothgrad_samples = 2
+  c.evaluation.sanity_images = 4
+  c.evaluation.sanity_keys = 2
+  c.evaluation.sloc_masks = 16
+  c.evaluation.sloc_steps = 20
+  c.evaluation.sloc_calibration_images = 4
+  c.evaluation.faithfulness_images = 8
+  c.evaluation.faithfulness_steps = 4

@@ -40,6 +40,7 @@ Every field is documented in ``lapjax/train/config.py``.
 
 import ml_collections
 
+from configs import default
 from lapjax.train.config import base_config
 
 # The CNN-style methods of evaluation/methods.py (guided_backprop and
@@ -83,34 +84,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 200
     c.log_every = 25
   if arg == "tiny":
-    c.data.image_size = (32, 32)
-    c.data.min_clue_fraction = 0.04
-    c.data.max_clue_fraction = 0.2
-    c.data.num_train = 256
-    c.data.num_validation = 64
-    c.data.num_test = 64
+    default.shrink_to_tiny(c)
     c.model.kwargs.embed_dim = 16
     c.model.kwargs.depth = 2
     c.model.kwargs.num_heads = 2
     c.model.kwargs.mlp_dim = 32
     c.model.kwargs.image_size = (32, 32)
-    c.batch_size = 16
-    c.num_steps = 12
-    c.log_every = 4
-    c.checkpoint_every = 4
-    c.optimizer.warmup_steps = 2
-    c.eval_batch_size = 32
     c.evaluation.layer = "block2/norm1"
-    c.evaluation.num_images = 16
-    c.evaluation.figure_images = 3
-    c.evaluation.ig_steps = 4
-    c.evaluation.rise_masks = 16
-    c.evaluation.smoothgrad_samples = 2
-    c.evaluation.sanity_images = 4
-    c.evaluation.sanity_keys = 2
-    c.evaluation.sloc_masks = 16
-    c.evaluation.sloc_steps = 20
-    c.evaluation.sloc_calibration_images = 4
-    c.evaluation.faithfulness_images = 8
-    c.evaluation.faithfulness_steps = 4
   return c
