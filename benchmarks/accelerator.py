@@ -22,7 +22,12 @@ its limit is kept):
 4. ``sloc``: one SLOC explanation against the forward passes it needs
    (``sloc.py --sections whole``);
 5. ``eval_throughput``: streaming evaluation, Grad-CAM with every
-   localisation metric (``eval_throughput.py``).
+   localisation metric (``eval_throughput.py``);
+6. ``transformer``: attention rollout and GAE against one forward (and
+   backward) pass, and the Attribution Lens with C' = 4 around GAE against
+   one GAE call, on ViT-B/16 at 224x224, batch 8 (``transformer.py``:
+   the lens bar <= 1.5x one GAE call needs its C' backward passes to run
+   side by side, which a CPU cannot do).
 
 ``--small`` shrinks every section (the default CNN at 64x64 or 32x32,
 small batches, one repetition) and lifts the 8-minute budget (10 minutes
@@ -92,6 +97,8 @@ def sections(small: bool, torch_python: str | None) -> list:
     sloc = ["--sections", "whole", "--model", "small_cnn", "--size", "32",
             "--reps", "1"]
     evaluation = ["--batch", "8", "--reps", "1"]
+    transformer = ["--size", "64", "--batch", "2", "--embed-dim", "192",
+                   "--depth", "2", "--heads", "3", "--reps", "1"]
   else:
     vs = ["--model", "resnet50", "--reps", "3",
           "--methods", "forward,gradient,grad_cam,integrated_gradients,"
@@ -102,6 +109,7 @@ def sections(small: bool, torch_python: str | None) -> list:
            "--steps-only"]
     sloc = ["--sections", "whole", "--model", "resnet18", "--reps", "3"]
     evaluation = ["--batch", "32", "--reps", "5"]
+    transformer = ["--reps", "5"]  # ViT-B/16, 224x224, batch 8
   if torch_python:
     vs += ["--torch-python", torch_python, "--device",
            "cpu" if small else "cuda"]
@@ -109,7 +117,7 @@ def sections(small: bool, torch_python: str | None) -> list:
     vs += ["--torch-python", "none"]
   # The 8-minute budget on an accelerator; a CPU (--small) gets 10
   # minutes per section instead.
-  limits = (600,) * 5 if small else (170, 110, 75, 70, 55)
+  limits = (600,) * 6 if small else (140, 100, 70, 60, 50, 60)
   return [
       ("vs_pytorch", [py, os.path.join(bench, "vs_pytorch.py"), *vs],
        limits[0]),
@@ -119,6 +127,8 @@ def sections(small: bool, torch_python: str | None) -> list:
       ("sloc", [py, os.path.join(bench, "sloc.py"), *sloc], limits[3]),
       ("eval_throughput", [py, os.path.join(bench, "eval_throughput.py"),
                            *evaluation], limits[4]),
+      ("transformer", [py, os.path.join(bench, "transformer.py"),
+                       *transformer], limits[5]),
   ]
 
 

@@ -5,9 +5,12 @@ r"""Peak memory of the streaming evaluation against the number of images.
 Trains a 2-step default-config run in ``--workdir`` (the weights do not
 matter for memory), then evaluates it in a fresh process per size, on
 ``--images`` clue test images (classification over all of them, Grad-CAM
-and every localisation metric over all of them, the figure, faithfulness
-and randomisation subsets at their default sizes) and prints one JSON line
-per size with the process's peak resident memory (``VmHWM``).
+and every localisation metric over all of them, the figure subset at its
+default size) and prints one JSON line per size with the process's peak
+resident memory (``VmHWM``). The faithfulness and randomisation subsets,
+whose sizes do not depend on ``--images``, are left out
+(``--with_subsets`` keeps them at their default sizes): what remains is
+the streamed part, so its growth is not hidden under their fixed peak.
 
 The clue split is rendered on the fly (``ClueSource(cache=False)``): the
 default cached split holds 60 KB an image in memory by design, which is
@@ -26,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 
-def _config(images: int | None = None):
+def _config(images: int | None = None, *, subsets: bool = False):
   from configs import default
   c = default.get_config()
   c.data.num_train = 256
@@ -38,6 +41,9 @@ def _config(images: int | None = None):
     c.evaluation.num_images = images
     c.evaluation.methods = ("grad_cam",)
     c.evaluation.sanity_methods = ("grad_cam",)
+    if not subsets:
+      c.evaluation.sanity_methods = ()
+      c.evaluation.faithfulness_images = 0
   return c
 
 
@@ -49,14 +55,14 @@ def _peak_rss_mb() -> float:
   raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def child(workdir: str, images: int) -> None:
+def child(workdir: str, images: int, subsets: bool) -> None:
   """One evaluation in this process; prints its JSON line."""
   from lapjax.data import sources
   from lapjax.evaluation.evaluate import evaluate
   # Render on the fly: memory is then the evaluator's (see the docstring).
   sources.ClueSource.__init__.__kwdefaults__["cache"] = False
   t = time.perf_counter()
-  report = evaluate(_config(images), workdir)
+  report = evaluate(_config(images, subsets=subsets), workdir)
   print(json.dumps({
       "images": images,
       "explained": report["explanations"]["n_images"],
@@ -68,10 +74,13 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--images", type=int, nargs="+", default=[1000, 8000])
   parser.add_argument("--workdir", default="runs/eval_memory")
+  parser.add_argument("--with_subsets", action="store_true",
+                      help="also the faithfulness and randomisation "
+                      "subsets (fixed sizes)")
   parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    child(args.workdir, args.child)
+    child(args.workdir, args.child, args.with_subsets)
     return
   from lapjax.train import checkpoint, train_and_evaluate
   if checkpoint.latest_step(os.path.abspath(args.workdir)) is None:
@@ -81,7 +90,8 @@ def main():
     # A fresh evaluation each time, not a resume of an unfinished one.
     shutil.rmtree(os.path.join(args.workdir, "eval"), ignore_errors=True)
     out = subprocess.run([sys.executable, os.path.abspath(__file__),
-                          f"--workdir={args.workdir}", f"--child={n}"],
+                          f"--workdir={args.workdir}", f"--child={n}"]
+                         + ["--with_subsets"] * args.with_subsets,
                          capture_output=True, text=True, check=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(json.dumps(rows[-1]), flush=True)

@@ -4,6 +4,7 @@ need, and the Attribution Lens around GAE, side by side.
   python benchmarks/transformer.py                     # ViT-B/16, 224, B=8
   python benchmarks/transformer.py --embed-dim 192 --heads 3 --batch 8
   python benchmarks/transformer.py --size 112 --batch 2 --reps 3
+  python benchmarks/transformer.py --flops-only        # operations only
 
 A lapjax ``VisionTransformer`` with random weights (speed does not depend
 on them): ViT-B/16 by default (``--embed-dim 768 --depth 12 --heads 12
@@ -30,7 +31,12 @@ and timed in interleaved rounds, median of ``--reps``:
 
 Prints one JSON line: seconds per call and the ratios the issue bounds
 (``rollout / forward <= 1.3``, ``gae / forward_backward <= 1.3``,
-``lens_gae / gae <= 1.5``) and the decomposition above.
+``lens_gae / gae <= 1.5``) and the decomposition above; and the same
+ratios in XLA's count of floating-point operations of each compiled
+program (``cost_analysis``), which does not depend on the machine's load:
+the arithmetic each entry must do. ``--flops-only`` compiles and counts
+without timing (minutes instead of an hour for ViT-B/16 at batch 8 on a
+shared 2-core CPU).
 """
 
 import argparse
@@ -63,6 +69,8 @@ def main() -> None:
   parser.add_argument("--classes", type=int, default=1000)
   parser.add_argument("--classes-in-set", type=int, default=4)
   parser.add_argument("--reps", type=int, default=5)
+  parser.add_argument("--flops-only", action="store_true",
+                      help="count each program's operations, time nothing")
   args = parser.parse_args()
   model = vit.VisionTransformer(
       num_classes=args.classes, patch_size=args.patch,
@@ -96,32 +104,54 @@ def main() -> None:
       "lens_gae": (jax.jit(lambda x, s: lens.attribution_lens(
           tr.gae, clf, x, s, tokens=layout)), (x, class_set)),
   }
-  seconds = timed_side_by_side(calls, reps=args.reps)
-  print(json.dumps({
+  # Compiled once: the executables are timed, and counted.
+  compiled = {name: (f.lower(*a).compile(), a) for name, (f, a)
+              in calls.items()}
+  flops = {name: _flops(c) for name, (c, _) in compiled.items()}
+  head = {
       "bench": "transformer_attribution", "size": args.size,
       "batch": args.batch, "patch": args.patch,
       "embed_dim": args.embed_dim, "depth": args.depth, "heads": args.heads,
       "classes_in_set": args.classes_in_set,
       "backend": jax.default_backend(), "reps": args.reps,
-      "seconds": {k: round(v, 5) for k, v in seconds.items()},
-      "ratios": {
-          "rollout/forward": round(seconds["rollout"] / seconds["forward"],
-                                   3),
-          "gae/forward_backward": round(
-              seconds["gae"] / seconds["forward_backward"], 3),
-          "lens_gae/gae": round(seconds["lens_gae"] / seconds["gae"], 3),
-          # The passes each needs: one forward, then one backward pass per
-          # class (vmapped). Near 1: nothing is spent beyond those passes.
-          "gae/attention_gradients_1": round(
-              seconds["gae"] / seconds["attention_gradients_1"], 3),
-          "lens_gae/attention_gradients_set": round(
-              seconds["lens_gae"] / seconds["attention_gradients_set"], 3),
-          # The lens' floor on this backend: the C' backward passes over
-          # the one of GAE.
-          "attention_gradients_set/attention_gradients_1": round(
-              seconds["attention_gradients_set"]
-              / seconds["attention_gradients_1"], 3),
-      }}))
+      "gflops": {k: round(v / 1e9, 3) for k, v in flops.items()},
+      "flop_ratios": _ratios(flops)}
+  if args.flops_only:
+    print(json.dumps(head))
+    return
+  seconds = timed_side_by_side(compiled, reps=args.reps)
+  print(json.dumps({
+      **head, "seconds": {k: round(v, 5) for k, v in seconds.items()},
+      "ratios": _ratios(seconds)}))
+
+
+def _flops(executable) -> float:
+  """XLA's count of floating-point operations of a compiled program."""
+  cost = executable.cost_analysis()
+  if isinstance(cost, list):  # older jax: one dict per device
+    cost = cost[0]
+  return float(cost.get("flops", float("nan")))
+
+
+def _ratios(v: dict) -> dict:
+  """The bounded ratios and the decomposition, of seconds or of flops."""
+  def ratio(a, b):
+    return round(v[a] / v[b], 3)
+
+  return {
+      "rollout/forward": ratio("rollout", "forward"),
+      "gae/forward_backward": ratio("gae", "forward_backward"),
+      "lens_gae/gae": ratio("lens_gae", "gae"),
+      # The passes each needs: one forward, then one backward pass per
+      # class (vmapped). Near 1: nothing is spent beyond those passes.
+      "gae/attention_gradients_1": ratio("gae", "attention_gradients_1"),
+      "lens_gae/attention_gradients_set": ratio("lens_gae",
+                                                "attention_gradients_set"),
+      # The lens' floor on this backend: the C' backward passes over the
+      # one of GAE.
+      "attention_gradients_set/attention_gradients_1": ratio(
+          "attention_gradients_set", "attention_gradients_1"),
+  }
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@ r"""lapjax against PyTorch, side by side, on the same model with the same
 weights.
 
   python benchmarks/vs_pytorch.py [--model resnet50|cnn] [--reps 3] \
-      [--torch-python /work/torchvenv/bin/python] [--methods a,b,...]
+      [--torch-python /work/torchvenv/bin/python] [--methods a,b,...] \
+      [--batch N]
 
 Two worker processes, one per framework, each holding its model and its
 compiled functions; the driver (this script, in lapjax's environment)
@@ -18,7 +19,9 @@ machine OpenMP's spinning threads made PyTorch 10-40x slower.
 ``--xla-flags`` adds lapjax workers with other ``XLA_FLAGS``, timed in the
 same rounds. ``--torch-python none``: lapjax alone (random weights) with
 its floors; ``--device cuda``: PyTorch on the GPU (lapjax uses JAX's
-default backend). Prints one JSON line per method and a Markdown table.
+default backend). ``--batch`` overrides the model's batch size.
+Prints one JSON line per method and a Markdown table, and each timed call
+to stderr as it comes (``vs_pytorch_call``: progress on a slow machine).
 
 Models:
 
@@ -70,8 +73,10 @@ DeepLIFT           Captum ``DeepLift``               ``deeplift``
 Each lapjax row also has its floor: the passes the method must run, timed
 as plain jitted functions in the same rounds (a forward or an input
 gradient of the batch, or of ``--pass`` images scaled by the number of
-images the method runs through the model), and ``floor_ratio = lapjax /
-floor``.
+images the method runs through the model; a forward and a gradient for
+DeepLIFT, whose baseline needs its own forward pass, and for LRP, whose z⁺
+rule runs every convolution once more with ``W^+`` before its transposed
+pass), and ``floor_ratio = lapjax / floor``.
 
 PyTorch side: any Python with torch, torchvision, captum, zennit and
 grad-cam (``pytorch-grad-cam``) and safetensors; here
@@ -204,8 +209,8 @@ def _torch_worker() -> None:
   warnings.filterwarnings("ignore")
   state = {}
 
-  def setup(model: str, directory: str, device: str) -> dict:
-    s = SETTINGS[model]
+  def setup(model: str, directory: str, device: str, batch: int) -> dict:
+    s = {**SETTINGS[model], "batch": batch}
     torch.manual_seed(0)
     net, layer, cam_layer = (_torch_resnet50() if model == "resnet50"
                              else _torch_cnn())
@@ -408,7 +413,7 @@ def _lapjax_worker() -> None:
   sys.path.insert(0, ROOT)
   state = {}
 
-  def setup(model: str, directory: str) -> dict:
+  def setup(model: str, directory: str, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -416,7 +421,7 @@ def _lapjax_worker() -> None:
     from lapjax import attribution as attr
     from lapjax import from_flax
 
-    s = SETTINGS[model]
+    s = {**SETTINGS[model], "batch": batch}
     data = np.load(os.path.join(directory, "input.npz"))
     module, variables = _lapjax_model(model, directory)
     x, t = jnp.asarray(data["x"]), jnp.asarray(data["t"])
@@ -516,16 +521,21 @@ def _floor_seconds(name: str, s: dict, med: dict) -> float | None:
     return None
   if name == "deeplift":  # a gradient of x and a forward of the baseline
     return fwd + grad
+  if name == "lrp":
+    # EpsilonPlusFlat: the forward pass, then every convolution's z+ rule
+    # runs the layer with W+ (a forward-sized pass) and its transpose (a
+    # gradient-sized one): a forward and a gradient, as zennit does.
+    return fwd + grad
   if images == s["batch"]:
     return {"fwd": fwd, "grad": grad}[unit]
   return med[f"floor_{unit}_pass"] * images / s["pass"]
 
 
-def _random_input(model: str, directory: str) -> None:
+def _random_input(model: str, directory: str, batch: int) -> None:
   """The benchmark's input without a PyTorch side (NHWC, normal)."""
   import numpy as np
 
-  s = SETTINGS[model]
+  s = {**SETTINGS[model], "batch": batch}
   rng = np.random.default_rng(1)
   np.savez(os.path.join(directory, "input.npz"),
            x=rng.standard_normal((s["batch"], s["size"], s["size"], 3),
@@ -547,6 +557,8 @@ def main() -> None:
                       help=argparse.SUPPRESS)
   parser.add_argument("--model", default="resnet50", choices=SETTINGS)
   parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--batch", type=int, default=None,
+                      help="images per call (default: the model's, 4)")
   parser.add_argument("--methods", default=",".join(METHODS))
   parser.add_argument("--torch-python", default=TORCH_PYTHON,
                       help="the PyTorch side's Python; 'none': lapjax alone "
@@ -572,7 +584,9 @@ def main() -> None:
   if args.worker == "lapjax":
     return _lapjax_worker()
 
-  s = SETTINGS[args.model]
+  s = {**SETTINGS[args.model]}
+  if args.batch is not None:
+    s["batch"] = args.batch
   methods = [m for m in args.methods.split(",") if m]
   with_torch = args.torch_python != "none"
   sides = ["torch"] * with_torch + ["lapjax", *(
@@ -585,11 +599,12 @@ def main() -> None:
           args.torch_python, "torch", os.path.join(logs, "torch_worker.log"),
           env={"OMP_WAIT_POLICY": args.omp_wait_policy})
       info = workers["torch"].call("setup", model=args.model,
-                                   directory=directory, device=args.device)
+                                   directory=directory, device=args.device,
+                                   batch=s["batch"])
       if "error" in info:
         raise SystemExit(f"torch worker: {info['error']}")
     else:
-      _random_input(args.model, directory)
+      _random_input(args.model, directory, s["batch"])
     lapjax_sides = sides[1:] if with_torch else sides
     for side, flags in zip(lapjax_sides, [None, *args.xla_flags]):
       workers[side] = Worker(sys.executable, "lapjax",
@@ -597,7 +612,7 @@ def main() -> None:
                              env=None if flags is None
                              else {"XLA_FLAGS": flags})
       check = workers[side].call("setup", model=args.model,
-                                 directory=directory)
+                                 directory=directory, batch=s["batch"])
       if "error" in check:
         raise SystemExit(f"{side} worker: {check['error']}")
       print(json.dumps({"benchmark": "vs_pytorch_setup", "side": side,
@@ -618,6 +633,9 @@ def main() -> None:
         if (side, name) in missing:
           continue
         r = workers[side].call("time", name=name)
+        print(json.dumps({"benchmark": "vs_pytorch_call", "round": round_,
+                          "side": side, "method": name, **r}),
+              file=sys.stderr, flush=True)
         if "seconds" not in r:
           missing[(side, name)] = r.get("error", "not run on this side")
         elif round_:

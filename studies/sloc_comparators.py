@@ -21,11 +21,15 @@ blur`` perturbs towards the blurred image in the methods and the metrics
 ``sloc_xp`` calibrates its ``p`` on ``--calibration-images`` validation
 images first, as ``evaluate.py``.
 
-``--table`` merges such files (the same images; methods may be split over
-several runs to use more processes) into a markdown table: mean scores and
-the per-image paired differences of IDD and NPD to ``--reference``
-(default ``sloc``): mean +- standard error of ``IDD(method) - IDD(sloc)``
-over the images.
+``--first`` skips that many clue images, so a long study can run in
+chunks of images (``--first 0 --images 16``, ``--first 16 --images 16``,
+...) and stop after any chunk. ``--table`` merges such files into a
+markdown table: methods may be split over files (the same images) and
+images over chunks (each method's scores concatenated over the files that
+hold it, in image order; every method must end up with the same images).
+It gives mean scores and the per-image paired differences of IDD and NPD
+to ``--reference`` (default ``sloc``): mean +- standard error of
+``IDD(method) - IDD(sloc)`` over the images; "seconds" adds the chunks'.
 
 LTX is not in lapjax (docs/comparators.md says why).
 """
@@ -69,21 +73,47 @@ def paired_difference(scores: np.ndarray, reference: np.ndarray) -> str:
   return f"{d.mean():+.1f} +- {se:.1f}"
 
 
+def merge_scores(paths: list[str]) -> tuple[np.ndarray,
+                                             dict[str, dict[str, np.ndarray]]]:
+  """The clue indices and per-image scores ``{method: {metric: [N]}}`` of
+  the ``--out`` files in ``paths``, chunks of images concatenated in image
+  order and ``seconds`` summed over them."""
+  parts: dict[str, dict[str, list]] = {}
+  for path in paths:
+    with np.load(path) as f:
+      indices = f["clue_indices"]
+      for key in f.files:
+        if "/" not in key:
+          continue
+        method, metric = key.split("/")
+        part = parts.setdefault(method, {})
+        if metric == "seconds":
+          part.setdefault("seconds", []).append(float(f[key]))
+          continue
+        if metric == METRICS[0]:
+          part.setdefault("indices", []).append(indices)
+        part.setdefault(metric, []).append(f[key])
+  scores: dict[str, dict[str, np.ndarray]] = {}
+  images = None
+  for method, part in parts.items():
+    indices = np.concatenate(part["indices"])
+    if len(np.unique(indices)) != len(indices):
+      raise ValueError(f"{method!r} scores an image twice in {paths}")
+    order = np.argsort(indices)
+    if images is None:
+      images = indices[order]
+    elif not np.array_equal(images, indices[order]):
+      raise ValueError(f"{method!r} scores other images than the first "
+                       f"method in {paths}")
+    scores[method] = {k: np.concatenate(part[k])[order] for k in METRICS}
+    scores[method]["seconds"] = np.asarray(sum(part["seconds"]))
+  return images, scores
+
+
 def markdown_table(paths: list[str], reference: str) -> str:
   """Markdown table of the per-image scores in ``paths`` (``--out`` files
   of one protocol), paired differences to ``reference``."""
-  scores: dict[str, dict[str, np.ndarray]] = {}
-  images = None
-  for path in paths:
-    with np.load(path) as f:
-      if images is None:
-        images = f["clue_indices"]
-      elif not np.array_equal(images, f["clue_indices"]):
-        raise ValueError(f"{path} scores other images than {paths[0]}")
-      for key in f.files:
-        if "/" in key:
-          method, metric = key.split("/")
-          scores.setdefault(method, {})[metric] = f[key]
+  images, scores = merge_scores(paths)
   if reference not in scores:
     raise ValueError(f"--reference {reference!r} is in none of {paths}; "
                      f"found {sorted(scores)}")
@@ -104,6 +134,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="runs/clue_default")
   parser.add_argument("--images", type=int, default=32)
+  parser.add_argument("--first", type=int, default=0,
+                      help="skip this many clue images (chunked runs)")
   parser.add_argument("--baseline", choices=tuple(BASELINES), default="blur")
   parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                       help="comma-separated names of evaluation/methods.py")
@@ -121,8 +153,12 @@ def main():
   config, model, variables = load_run(args.workdir)
   e = config.evaluation
   source, _ = sources.make_source(config.data, "test")
-  batch = source.get(np.arange(min(8 * args.images, source.num_examples)))
-  clue = np.flatnonzero(batch["label"] > 0)[:args.images]
+  if args.images < 1 or args.first < 0:
+    raise ValueError(f"--images must be >= 1 and --first >= 0; got "
+                     f"{args.images} and {args.first}")
+  wanted = args.first + args.images
+  batch = source.get(np.arange(min(8 * wanted, source.num_examples)))
+  clue = np.flatnonzero(batch["label"] > 0)[args.first:wanted]
   x = jnp.asarray(batch["image"][clue])
   t = jnp.asarray(batch["label"][clue], jnp.int32)
   key = jax.random.key(e.seed)

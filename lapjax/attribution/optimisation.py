@@ -200,29 +200,64 @@ def _clamp01(m: jax.Array) -> jax.Array:
   return jnp.where(m < 0, 0.0, jnp.where(m > 1, 1.0, m))
 
 
+def _pool_terms(windows: jax.Array, blocks: jax.Array):
+  """The products ``m = w * p`` ``[..., I, r, J, s, k]`` of the parameters
+  ``windows [..., I, J, k]`` with the kernel ``blocks [I, r, J, s, k]``,
+  and ``e = exp(20 (m - top))`` with ``top`` the largest parameter of the
+  cell (``[..., I, J]``: the softmax's shift, a per-cell constant computed
+  on the small array; with parameters in ``[0, 1]`` and ``0 < w <= 1``,
+  ``-1 <= m - top <= 0``: no overflow, no underflow). The coldness
+  multiplies the small arrays, not the ``[.., 81]`` products (a scalar
+  there would be broadcast to their full size in memory by XLA:CPU)."""
+  top = jax.lax.stop_gradient(jnp.max(windows, axis=-1))
+  m = blocks * windows[..., :, None, :, None, :]
+  e = jnp.exp(blocks * (EP_COLDNESS * windows)[..., :, None, :, None, :]
+              - (EP_COLDNESS * top)[..., :, None, :, None, None])
+  return m, e
+
+
 @jax.custom_vjp
-def _softmax_pool(m: jax.Array) -> jax.Array:
-  """``sum_k m_k softmax(20 m)_k`` over the last axis."""
-  return _softmax_pool_fwd(m)[0]
+def _window_softmax_pool(windows: jax.Array, blocks: jax.Array
+                         ) -> jax.Array:
+  """``sum_k m_k softmax(20 m)_k`` with ``m = blocks * windows`` broadcast
+  to ``[..., I, r, J, s, k]``: ``[..., I, r, J, s]``."""
+  return _window_softmax_pool_fwd(windows, blocks)[0]
 
 
-def _softmax_pool_fwd(m):
-  top = jax.lax.stop_gradient(jnp.max(m, axis=-1, keepdims=True))
-  e = jnp.exp(EP_COLDNESS * (m - top))
-  total = jnp.sum(e, axis=-1, keepdims=True)
-  pooled = jnp.sum(m * e, axis=-1) / total[..., 0]
-  return pooled, (m, top, total, pooled)
+def _sum_pairs(a, b):
+  """Two running sums at once (the combiner of a two-output reduction)."""
+  return a[0] + b[0], a[1] + b[1]
 
 
-def _softmax_pool_bwd(res, g):
-  # d pooled / d m_k = p_k (1 + 20 (m_k - pooled)), p recomputed: one
-  # exponential per element forward and one backward, nothing stored.
-  m, top, total, pooled = res
-  p = jnp.exp(EP_COLDNESS * (m - top)) / total
-  return (g[..., None] * p * (1 + EP_COLDNESS * (m - pooled[..., None])),)
+def _window_softmax_pool_fwd(windows, blocks):
+  # One fused pass over the [.., 81] products: both sums as one two-output
+  # reduction, so XLA keeps the products and exponentials in registers
+  # instead of writing them out. Only the small inputs and per-pixel sums
+  # are kept for the backward pass.
+  m, e = _pool_terms(windows, blocks)
+  total, weighted = jax.lax.reduce((e, m * e), (0.0, 0.0), _sum_pairs,
+                                   (m.ndim - 1,))
+  pooled = weighted / total
+  return pooled, (windows, blocks, total, pooled)
 
 
-_softmax_pool.defvjp(_softmax_pool_fwd, _softmax_pool_bwd)
+def _window_softmax_pool_bwd(res, g):
+  # d pooled / d m_k = p_k (1 + 20 (m_k - pooled)) with p = e / total, and
+  # d m_k / d window_k = w_k summed over the cell's pixels (r, s): the
+  # softmax weights recomputed in one fused reduction to the small
+  # [..., I, J, k] array. The barrier keeps XLA from merging this
+  # recomputation with the forward pass's (which would write the [.., 81]
+  # products and exponentials to memory for both passes to read).
+  windows, blocks, total, pooled = jax.lax.optimization_barrier(res)
+  m, e = _pool_terms(windows, blocks)
+  a = g / total
+  b = a * (1 - EP_COLDNESS * pooled)
+  terms = e * blocks * (b[..., None] + (EP_COLDNESS * a)[..., None] * m)
+  return jnp.sum(terms, axis=(-4, -2)), None
+
+
+_window_softmax_pool.defvjp(_window_softmax_pool_fwd,
+                            _window_softmax_pool_bwd)
 
 
 def smooth_mask(params: jax.Array, geometry: SmoothMask
@@ -232,7 +267,9 @@ def smooth_mask(params: jax.Array, geometry: SmoothMask
   Output pixel ``(step I + r, step J + s)`` reads the ``(2 radius + 1)^2``
   parameters around ``(I, J)`` (TorchRay's unfold and nearest upsampling),
   so the products with the kernel weights are one broadcast
-  ``[..., I, r, J, s, k]``, pooled over ``k``.
+  ``[..., I, r, J, s, k]``, pooled over ``k`` (a custom VJP: the backward
+  pass recomputes the products and reduces them to the parameters'
+  windows in one pass).
 
   Returns:
     ``(cropped [..., H, W], full [..., *shape_out])``, both in ``[0, 1]``.
@@ -244,9 +281,8 @@ def smooth_mask(params: jax.Array, geometry: SmoothMask
   hm, wm = g.shape_mid
   windows = jnp.stack([padded[..., ky:ky + hm, kx:kx + wm]
                        for ky in range(k) for kx in range(k)], axis=-1)
-  m = jnp.asarray(g.blocks) * windows[..., :, None, :, None, :]
-  pooled = _softmax_pool(m).reshape(*params.shape[:-2], hm * g.step,
-                                    wm * g.step)
+  pooled = _window_softmax_pool(windows, jnp.asarray(g.blocks))
+  pooled = pooled.reshape(*params.shape[:-2], hm * g.step, wm * g.step)
   full = _clamp01(pooled[..., :g.shape_out[0], :g.shape_out[1]])
   cropped = full[..., g.margin:g.margin + g.shape[0],
                  g.margin:g.margin + g.shape[1]]

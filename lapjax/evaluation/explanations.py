@@ -11,7 +11,7 @@ and sparseness (Gini, of ``|map|``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +96,44 @@ def faithfulness_scores(classifier: Classifier, images: np.ndarray,
   return {k: np.concatenate(v) for k, v in out.items()}, skipped
 
 
+def explainer(classifiers: Mapping[str, Classifier],
+              methods: dict[str, Method], *, batch_size: int = 32
+              ) -> Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+  """``explain`` with its jitted methods built once: a function ``(images
+  [N, H, W, C], labels [N]) -> {method: maps [N, H, W]}`` to call on many
+  batches without recompiling (for a fixed batch shape)."""
+  functions = {
+      name: jit_checked(lambda x, t, m=m: m.fn(classifiers[m.classifier], x,
+                                               t, **m.kwargs))
+      for name, m in methods.items()}
+
+  def run(images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    out = {}
+    for name, f in functions.items():
+      batches = []
+      for i in range(0, len(images), batch_size):
+        last = min(i + batch_size, len(images)) - 1
+        where = f"method {name!r}, images {i} to {last}"
+        try:
+          maps = np.asarray(f(jnp.asarray(images[i:i + batch_size]),
+                              jnp.asarray(labels[i:i + batch_size],
+                                          jnp.int32)))
+        except ValueError as e:
+          raise ValueError(f"{where}: {e}") from e
+        bad = np.flatnonzero(~np.isfinite(maps).reshape(len(maps),
+                                                        -1).all(1))
+        if len(bad):
+          raise ValueError(
+              f"{where}: maps must be finite; got NaN or inf in the maps of "
+              f"images {(i + bad[:8]).tolist()} (is the model's output "
+              "finite on them?)")
+        batches.append(maps)
+      out[name] = np.concatenate(batches)
+    return out
+
+  return run
+
+
 def explain(classifiers: Mapping[str, Classifier],
             images: np.ndarray, labels: np.ndarray,
             methods: dict[str, Method], *, batch_size: int = 32
@@ -109,26 +147,5 @@ def explain(classifiers: Mapping[str, Classifier],
   outputs raise a ``ValueError`` naming the method and the batch, and so do
   maps that are not finite, instead of NaN or all-zero maps in the report.
   """
-  out = {}
-  for name, m in methods.items():
-    clf = classifiers[m.classifier]
-    f = jit_checked(lambda x, t, m=m, clf=clf: m.fn(clf, x, t, **m.kwargs))
-    batches = []
-    for i in range(0, len(images), batch_size):
-      last = min(i + batch_size, len(images)) - 1
-      where = f"method {name!r}, images {i} to {last}"
-      try:
-        maps = np.asarray(f(jnp.asarray(images[i:i + batch_size]),
-                            jnp.asarray(labels[i:i + batch_size],
-                                        jnp.int32)))
-      except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
-      bad = np.flatnonzero(~np.isfinite(maps).reshape(len(maps), -1).all(1))
-      if len(bad):
-        raise ValueError(
-            f"{where}: maps must be finite; got NaN or inf in the maps of "
-            f"images {(i + bad[:8]).tolist()} (is the model's output "
-            "finite on them?)")
-      batches.append(maps)
-    out[name] = np.concatenate(batches)
-  return out
+  return explainer(classifiers, methods, batch_size=batch_size)(images,
+                                                                labels)

@@ -83,8 +83,8 @@ def binary_positive_class(dcs: DCSystem) -> int | None:
 
 def box_scores(maps: jax.Array, binary: dict[str, jax.Array],
                boxes: jax.Array, boxes_valid: jax.Array
-               ) -> tuple[dict, dict, dict[str, np.ndarray]]:
-  """Box-capture sensitivity and truncated IoU of one method (App. D.2.4).
+               ) -> dict[str, dict[str, np.ndarray]]:
+  """Box capture and truncated IoU of one method, per image (App. D.2.4).
 
   Args:
     maps: ``[B, H, W]`` the method's maps (they rank each box's pixels).
@@ -93,21 +93,25 @@ def box_scores(maps: jax.Array, binary: dict[str, jax.Array],
     boxes_valid: ``[B, N]`` bool.
 
   Returns:
-    ``(capture, truncated, per_image)``: per binarisation, the pooled
-    sensitivity ``{'sensitivity', 'n_captured', 'n_boxes'}``, the
-    ``nan_summary`` of the truncated IoU, and its ``[B]`` values.
+    Per binarisation ``{'n_captured': [B], 'n_boxes': [B],
+    'truncated_iou': [B]}``; ``pooled_capture`` of the counts summed over
+    images is the box-capture sensitivity.
   """
-  capture, truncated, per_image = {}, {}, {}
+  out = {}
   for b, v in binary.items():
     c = metrics.box_capture(v, boxes, boxes_valid)
-    n_boxes, n_captured = int(c["n_boxes"].sum()), int(c["n_captured"].sum())
-    capture[b] = {
-        "sensitivity": n_captured / n_boxes if n_boxes else float("nan"),
-        "n_captured": n_captured, "n_boxes": n_boxes}
-    per_image[b] = np.asarray(metrics.truncated_iou(maps, v, boxes,
-                                                    boxes_valid))
-    truncated[b] = nan_summary(per_image[b])
-  return capture, truncated, per_image
+    out[b] = {"n_captured": np.asarray(c["n_captured"]),
+              "n_boxes": np.asarray(c["n_boxes"]),
+              "truncated_iou": np.asarray(metrics.truncated_iou(
+                  maps, v, boxes, boxes_valid))}
+  return out
+
+
+def pooled_capture(n_captured: int, n_boxes: int) -> dict[str, float | int]:
+  """Box-capture sensitivity pooled over boxes: captured boxes / boxes
+  (NaN without boxes)."""
+  return {"sensitivity": n_captured / n_boxes if n_boxes else float("nan"),
+          "n_captured": int(n_captured), "n_boxes": int(n_boxes)}
 
 
 def paired_comparisons(per_image: dict[str, dict[str, np.ndarray]], *,
@@ -153,6 +157,12 @@ def standalone_predictions(maps: list[np.ndarray], dcs: DCSystem
   return out
 
 
+def _padded(indices: np.ndarray, size: int) -> np.ndarray:
+  """``indices`` extended to ``size`` by repeating its last entry: every
+  batch has one shape (one compilation); the repeats are dropped."""
+  return np.concatenate([indices, np.full(size - len(indices), indices[-1])])
+
+
 def lap_evaluation(config, model, variables, test_source, val_source, *,
                    lap_layers: tuple[str, ...], membership,
                    key: jax.Array) -> dict[str, Any]:
@@ -160,7 +170,13 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
 
   Uses ``config.evaluation``: ``layer`` (CAM layer), ``methods`` (those of
   ``BASELINE_METHODS`` and ``'lap'`` are scored), ``lap_images`` test and
-  ``lap_val_images`` validation images, ``ig_steps``.
+  ``lap_val_images`` validation images, ``ig_steps``, ``batch_size``.
+
+  The test images stream ``batch_size`` at a time (the last batch padded,
+  so one compilation), keeping only a few numbers per image (for the
+  paired tests) and no maps: ``lap_images`` may be the whole split at
+  constant memory. The validation images (the learned thresholds and the
+  App. D.5.2 predictor's training set) are explained at once.
   """
   e = config.evaluation
   dcs = dc_system(membership)
@@ -175,100 +191,139 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
   image_shape = test_source.get(np.arange(1))["image"].shape[1:]
   clfs = {**method_classifiers(methods, model, variables, layers=[e.layer],
                                input_shape=image_shape), "plain": clf}
+  n_test = min(e.lap_images, test_source.num_examples)
+  chunk = min(e.batch_size, n_test)
+  explain = explanations.explainer(clfs, methods, batch_size=chunk)
 
-  def explained(source, n):
-    batch = source.get(np.arange(min(n, source.num_examples)))
-    keep, pred = _correct_clue_images(clf, batch, dcs)
-    if not len(keep):
-      return batch, keep, pred, None
-    maps = explanations.explain(clfs, batch["image"][keep],
-                                batch["label"][keep], methods)
-    return batch, keep, pred, {k: np.maximum(v, 0) for k, v in maps.items()}
+  def positive_maps(images, labels):
+    return {k: np.maximum(v, 0) for k, v in explain(images, labels).items()}
 
-  test, keep, pred, maps = explained(test_source, e.lap_images)
-  if maps is None:
-    return {"n_images": 0, "note": "no correctly classified clue image"}
-  val, vkeep, _, vmaps = explained(val_source, e.lap_val_images)
-  masks = jnp.asarray(test["mask"][keep])
-  counts = masks.sum(axis=(1, 2))
-  has_boxes = "boxes" in test and "boxes_valid" in test
-  if has_boxes:
-    boxes = jnp.asarray(test["boxes"][keep])
-    boxes_valid = jnp.asarray(test["boxes_valid"][keep])
-  iou, srg, keep_top, thresholds = {}, {}, {}, {}
-  capture, truncated = {}, {}
-  per_image = {}          # {score: {method: [n]}} for the paired tests
-  x, targets = jnp.asarray(test["image"][keep]), jnp.asarray(pred[keep])
-  srg_fn = jax.jit(metrics.srg, static_argnums=0)
-  keep_fn = jax.jit(metrics.keep_top_accuracy, static_argnums=0)
-  for name, m in maps.items():
-    m = jnp.asarray(m)
-    binary = {"mu_sigma": postprocess.binarize_mean_std(m),
-              "top_k_gt": postprocess.binarize_top_count(m, counts)}
-    if vmaps is None:
-      thresholds[name] = "no correctly classified validation clue image"
-    else:
+  # Validation: learned thresholds (App. D.2.2) and the MLP's features.
+  val = val_source.get(np.arange(min(e.lap_val_images,
+                                     val_source.num_examples)))
+  vkeep, _ = _correct_clue_images(clf, val, dcs)
+  thresholds = {m: "no correctly classified validation clue image"
+                for m in methods}
+  if len(vkeep):
+    vmaps = positive_maps(val["image"][vkeep], val["label"][vkeep])
+    for name, m in vmaps.items():
       try:
-        thresholds[name] = metrics.learned_threshold(vmaps[name],
-                                                     val["mask"][vkeep])
-        binary["learned"] = metrics.binarize_learned(m, thresholds[name])
+        thresholds[name] = metrics.learned_threshold(m, val["mask"][vkeep])
       except ValueError as err:     # the map does not separate the pixels
         thresholds[name] = str(err)
-    if name.startswith("lap"):
-      binary["lap_0.5"] = m > 0.5
-    iou[name] = {}
-    for b, v in binary.items():
-      values = np.asarray(metrics.iou(v, masks))
-      iou[name][b] = nan_summary(values)
-      per_image.setdefault(f"iou/{b}", {})[name] = values
-    if has_boxes:
-      capture[name], truncated[name], values = box_scores(
-          m, binary, boxes, boxes_valid)
-      for b, v in values.items():
-        per_image.setdefault(f"truncated_iou/{b}", {})[name] = v
-    # The metrics chunk their forward passes (chunk_size) themselves.
-    values = np.asarray(srg_fn(clf, x, m, targets)["srg"])
-    srg[name] = nan_summary(values)
-    per_image.setdefault("srg", {})[name] = values
-    keep_top[name] = np.asarray(keep_fn(clf, x, m, targets)).mean(0).tolist()
-  report = {"n_images": int(len(keep)), "n_validation_images": int(len(vkeep)),
-            "iou": iou, "srg": srg, "keep_top_accuracy": {
+    del vmaps
+  positive = binary_positive_class(dcs)
+  if lap_layers and positive is None:  # many classes: the MLP of D.5.2
+    _, val_outs = dc_maps(clf, jnp.asarray(val["image"]), layers=lap_layers)
+    val_features = [metrics.dc_size_features(o) for o in val_outs]
+
+  # Test: per-image scores, batch by batch.
+  srg_fn = jax.jit(metrics.srg, static_argnums=0)
+  keep_fn = jax.jit(metrics.keep_top_accuracy, static_argnums=0)
+  per_image: dict[str, dict[str, list]] = {}    # {score: {method: [[n]]}}
+  kept_top = {m: [] for m in methods}
+  counts: dict[str, dict[str, np.ndarray]] = {}  # box counts, summed
+  labels, preds = [], []
+  lap_classes = [[] for _ in lap_layers]
+  lap_features = [[] for _ in lap_layers]
+  has_boxes = False
+
+  def add(score, name, values, n):
+    per_image.setdefault(score, {}).setdefault(name, []).append(
+        np.asarray(values)[:n])
+
+  for start in range(0, n_test, chunk):
+    rows = np.arange(start, min(start + chunk, n_test))
+    n = len(rows)
+    batch = test_source.get(_padded(rows, chunk))
+    has_boxes = "boxes" in batch and "boxes_valid" in batch
+    keep, pred = _correct_clue_images(clf, batch, dcs)
+    keep = keep[keep < n]
+    labels.append(batch["label"][:n])
+    preds.append(pred[:n])
+    if lap_layers:
+      _, outs = dc_maps(clf, jnp.asarray(batch["image"]), layers=lap_layers)
+      outs = [np.asarray(o) for o in outs]
+      for i, p in enumerate(standalone_predictions(outs, dcs)):
+        lap_classes[i].append(p[:n])
+        lap_features[i].append(metrics.dc_size_features(outs[i])[:n])
+    if not len(keep):
+      continue
+    k, take = len(keep), _padded(keep, chunk)
+    maps = positive_maps(batch["image"][take], batch["label"][take])
+    x, targets = jnp.asarray(batch["image"][take]), jnp.asarray(pred[take])
+    masks = jnp.asarray(batch["mask"][take])
+    for name, m in maps.items():
+      m = jnp.asarray(m)
+      binary = {"mu_sigma": postprocess.binarize_mean_std(m),
+                "top_k_gt": postprocess.binarize_top_count(
+                    m, masks.sum(axis=(1, 2)))}
+      if not isinstance(thresholds[name], str):
+        binary["learned"] = metrics.binarize_learned(m, thresholds[name])
+      if name.startswith("lap"):
+        binary["lap_0.5"] = m > 0.5
+      for b, v in binary.items():
+        add(f"iou/{b}", name, metrics.iou(v, masks), k)
+      if has_boxes:
+        scores = box_scores(m, binary, jnp.asarray(batch["boxes"][take]),
+                            jnp.asarray(batch["boxes_valid"][take]))
+        for b, s in scores.items():
+          add(f"truncated_iou/{b}", name, s["truncated_iou"], k)
+          total = counts.setdefault(name, {}).setdefault(b, np.zeros(2, int))
+          total += [s["n_captured"][:k].sum(), s["n_boxes"][:k].sum()]
+      # The metrics chunk their forward passes (chunk_size) themselves.
+      add("srg", name, srg_fn(clf, x, m, targets)["srg"], k)
+      kept_top[name].append(np.asarray(keep_fn(clf, x, m, targets))[:k])
+  if not per_image:
+    return {"n_images": 0, "note": "no correctly classified clue image"}
+
+  values = {s: {m: np.concatenate(v) for m, v in by.items()}
+            for s, by in per_image.items()}
+
+  def summaries(prefix):
+    return {m: {s.removeprefix(prefix): nan_summary(v[m])
+                for s, v in values.items() if s.startswith(prefix) and m in v}
+            for m in methods}
+
+  report = {"n_images": len(values["srg"][next(iter(methods))]),
+            "n_validation_images": int(len(vkeep)),
+            "iou": summaries("iou/"),
+            "srg": {m: nan_summary(v) for m, v in values["srg"].items()},
+            "keep_top_accuracy": {
                 "fractions": list(metrics.faithfulness.KEEP_FRACTIONS),
-                **keep_top},
+                **{m: np.concatenate(v).mean(0).tolist()
+                   for m, v in kept_top.items()}},
             "learned_thresholds": thresholds}
   if has_boxes:
-    report["box_capture"] = capture
-    report["truncated_iou"] = truncated
-  comparisons = paired_comparisons(per_image)
+    report["box_capture"] = {m: {b: pooled_capture(*c) for b, c in
+                                 by.items()} for m, by in counts.items()}
+    report["truncated_iou"] = summaries("truncated_iou/")
+  comparisons = paired_comparisons(values)
   if comparisons:
     report["significance"] = {
         "test": "paired t-test over images, two-sided", "reference": "lap",
         "scores": comparisons}
-  positive = binary_positive_class(dcs)
+  labels, preds = np.concatenate(labels), np.concatenate(preds)
   if positive is not None:
-    report["classification"] = binary_summary(test["label"], pred,
+    report["classification"] = binary_summary(labels, preds,
                                               positive=positive)
   if lap_layers:
-    _, lap_outs = dc_maps(clf, jnp.asarray(test["image"]), layers=lap_layers)
-    per_lap = standalone_predictions([np.asarray(m) for m in lap_outs], dcs)
-    k = dcs.num_classes
-    if positive is None:        # many classes: the MLP of App. D.5.2 too
-      _, val_outs = dc_maps(clf, jnp.asarray(val["image"]), layers=lap_layers)
     report["standalone"] = {}
-    for i, p in enumerate(per_lap):
+    for i, classes in enumerate(lap_classes):
+      p = np.concatenate(classes)
       row = {"predictivity_f1": float(np.nanmean(metrics.f1_scores(
-                 test["label"], p, k))),
+                 labels, p, dcs.num_classes))),
              "compatibility_f1": float(np.nanmean(metrics.f1_scores(
-                 pred, p, k)))}
+                 preds, p, dcs.num_classes)))}
       if positive is not None:
-        rates = binary_summary(test["label"], p, positive=positive)
+        rates = binary_summary(labels, p, positive=positive)
         row.update(sensitivity=rates["sensitivity"],
                    specificity=rates["specificity"])
       else:
         mlp = metrics.standalone_evaluation(
-            metrics.dc_size_features(val_outs[i]), val["label"],
-            metrics.dc_size_features(lap_outs[i]), test["label"], pred,
-            num_classes=k, key=jax.random.fold_in(key, i))
+            val_features[i], val["label"], np.concatenate(lap_features[i]),
+            labels, preds, num_classes=dcs.num_classes,
+            key=jax.random.fold_in(key, i))
         row.update({f"mlp_{n}": v for n, v in mlp.items()})
       report["standalone"][f"lap{i + 1}"] = row
   return report

@@ -31,14 +31,25 @@ Every value is merged batch by batch into float64 running summaries
 (``streaming.RunningSummary``: count, mean, centred sum of squares, NaN
 count), so memory does not grow with ``num_images``; the state is saved
 in ``workdir/eval/state.npz`` every ``save_every`` batches and a killed run
-resumes (``streaming.EvaluationState``, which refuses other settings). One
-process, the default device (the protocols' models are large: shard them
-with ``evaluate.py``'s run configs; not done here). Writes
-``workdir/report.json`` and ``workdir/report.md``.
+resumes (``streaming.EvaluationState``, which refuses other settings).
+
+Every batch is sharded on the ``data`` axis of a mesh over every device of
+every process, as in ``streaming``: each process loads its slice of the
+batch (``streaming.local_indices``), the maps and the jittable scores are
+computed on the mesh, the host-bound ones (SIC / AIC's WebP sizes, the
+perturbation curves beside them, the grid scores) on each process's rows
+and devices; the per-image values of the global batch (a batch's worth of
+numbers) or the jitted sums reach every process, which merge the same
+sums. Only valid rows count (padding enters no sum and no count). With
+``config.multihost`` the processes join with
+``jax.distributed.initialize()``; process 0 alone writes files
+(``workdir/report.json``, ``workdir/report.md``, the state).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -53,9 +64,15 @@ from lapjax.attribution import lens_refine
 from lapjax.attribution.checks import jit_checked
 from lapjax.classifier import from_flax
 from lapjax.data import grid
-from lapjax.evaluation import composites, explanations, grid_game, streaming
+from lapjax.evaluation import (
+  composites,
+  explanations,
+  grid_game,
+  maps_on_disk,
+  streaming,
+)
 from lapjax.evaluation.methods import method_classifiers, standard_methods
-from lapjax.train import run_folder
+from lapjax.train import run_folder, sharding
 
 PROTOCOLS = ("faithfulness", "localization", "quad_grid", "two_image")
 TARGETS = ("label", "prediction")
@@ -117,6 +134,8 @@ def base_protocol_config() -> ml_collections.ConfigDict:
   c.centred_fraction = 0.8         # two_image: object pixels in the
   #   central band (sources with masks; paper 003)
   c.blur_sigma = 5.0               # two_image: insertion / deletion blur
+  c.multihost = False              # jax.distributed.initialize() first
+  #   (one process per host; every batch is split over every device)
   return c
 
 
@@ -207,29 +226,58 @@ def _host_statistics(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
       jnp.asarray(values, jnp.float32), jnp.asarray(valid)))
 
 
+@dataclasses.dataclass
+class _Placement:
+  """Where a protocol computes: ``mesh`` spans every device of every
+  process (the batch sharded on its ``data`` axis); ``local_mesh`` is this
+  process's devices (the whole mesh in one process), where the host-bound
+  scores run on this process's rows (``local_plain``: the model placed
+  there)."""
+  mesh: jax.sharding.Mesh
+  local_mesh: jax.sharding.Mesh
+  local_plain: Any
+
+  def local(self, rows: np.ndarray) -> jax.Array:
+    """This process's rows, sharded over its own devices."""
+    return jax.device_put(np.asarray(rows),
+                          sharding.data_sharded(self.local_mesh))
+
+
+def _gather_valid(valid: np.ndarray) -> np.ndarray:
+  """The whole global batch's ``valid`` flags (every process)."""
+  return streaming.gather(valid).astype(bool)
+
+
 def run_protocol(config: ml_collections.ConfigDict, workdir: str, *,
                  progress: bool = False) -> dict[str, Any]:
   """Runs the protocol of ``config``; writes and returns the report.
 
+  Every batch is sharded on the ``data`` axis of a mesh of every device
+  of every process (each process loads its slice,
+  ``streaming.local_indices``); per batch, the per-image values of the
+  global batch reach every process (jitted sums replicated, or the few
+  values gathered), so every process merges the same sums and holds the
+  same report. Process 0 alone writes files. With ``config.multihost``
+  (or after your own ``jax.distributed.initialize``) the processes join.
+
   Raises:
     ValueError: a bad config (named fields), an unknown method, a dataset
       that is not prepared (how to prepare it), a saved state of other
-      settings in ``workdir/eval``, or more than one process.
+      settings in ``workdir/eval``, or a ``batch_size`` that the devices do
+      not divide.
   """
   check_protocol_config(config)
-  if jax.process_count() > 1:
-    # Each process would sum only its own images: refuse, never a report
-    # of a fraction of the data.
-    raise ValueError(
-        f"the paper protocols run in one process (their sums are not yet "
-        f"reduced across processes); got jax.process_count()="
-        f"{jax.process_count()}. Run evaluate.py with this config as a "
-        "single process")
+  if config.multihost and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh,
+                            name="config.batch_size")
   workdir = os.path.abspath(workdir)
   source = make_protocol_source(config)
   first = source.get(np.arange(1))
   image_shape = first["image"].shape[1:]
   module, variables = load_model(config, image_shape)
+  placed = sharding.put_replicated(variables, mesh)
   key = jax.random.key(config.seed)
   baseline = 0.0 if config.baseline == "zero" else "blur"
   table = standard_methods(
@@ -243,18 +291,27 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"unknown config.methods {unknown}; available: "
                      f"{sorted(table)}")
   methods = {m: table[m] for m in config.methods}
-  clfs = method_classifiers(methods, module, variables,
+  clfs = method_classifiers(methods, module, placed,
                             layers=[config.layer], input_shape=image_shape)
-  clfs.setdefault("plain", from_flax(module, variables,
+  clfs.setdefault("plain", from_flax(module, placed,
                                      layers=[config.layer]))
+  if jax.process_count() == 1:
+    where = _Placement(mesh, mesh, clfs["plain"])
+  else:
+    local_mesh = sharding.make_mesh(jax.local_devices())
+    where = _Placement(mesh, local_mesh, from_flax(
+        module, sharding.put_replicated(variables, local_mesh),
+        layers=[config.layer]))
+  # The sums do not depend on the processes: a run resumes on any number.
+  settings = {k: v for k, v in config.to_dict().items() if k != "multihost"}
   state = streaming.EvaluationState(
       os.path.join(workdir, "eval"),
-      {"protocol": config.to_dict(), "num_examples": source.num_examples})
+      {"protocol": settings, "num_examples": source.num_examples})
   state.restore()
   runner = {"faithfulness": _faithfulness, "localization": _localization,
             "quad_grid": _quad_grid, "two_image": _two_image}[
                 config.protocol]
-  batches, step = runner(config, source, methods, clfs, state, key)
+  batches, step = runner(config, source, methods, clfs, state, key, where)
   bar = streaming.Progress(len(batches),
                            state.next_batch.get(config.protocol, 0),
                            enabled=progress)
@@ -270,7 +327,9 @@ def run_protocol(config: ml_collections.ConfigDict, workdir: str, *,
             "num_examples": int(source.num_examples),
             "batches": len(batches), "scores": scores,
             "counts": {k: np.asarray(v).tolist()
-                       for k, v in state.counts.items()}}
+                       for k, v in state.counts.items()},
+            "devices": {"devices": mesh.size,
+                        "processes": jax.process_count()}}
   if config.protocol == "two_image":
     report["paired"] = _paired(scores)
   if jax.process_index() == 0:
@@ -297,11 +356,12 @@ def _class_maps(maps: jax.Array, k: int) -> jax.Array:
   return maps
 
 
-def _faithfulness(config, source, methods, clfs, state, key):
+def _faithfulness(config, source, methods, clfs, state, key, where):
   n = source.num_examples
   batches = streaming.batch_slices(n, config.batch_size)
   plain = clfs["plain"]
-  logits_fn = jax.jit(lambda x: plain.apply(x)[0])
+  predict_fn = jax.jit(lambda x: plain.apply(x)[0].argmax(-1).astype(
+      jnp.int32))
   fns = {name: _method_fn(m, clfs[m.classifier])
          for name, m in methods.items()}
   baseline = 0.0 if config.baseline == "zero" else "blur"
@@ -312,31 +372,46 @@ def _faithfulness(config, source, methods, clfs, state, key):
   def step(b):
     idx, valid = streaming.local_indices(*batches[b], config.batch_size)
     batch = source.get(idx)
-    x = jnp.asarray(batch["image"])
-    predicted = np.asarray(logits_fn(x)).argmax(-1).astype(np.int32)
+    x = streaming.mesh_inputs(where.mesh, image=batch["image"])["image"]
+    predicted = predict_fn(x)                      # [B], sharded
+    mine = maps_on_disk.local_rows(predicted)      # this process's rows
     t = (batch["label"].astype(np.int32) if config.target == "label"
-         else predicted)
+         else mine)
+    targets = streaming.mesh_inputs(where.mesh, target=t)["target"]
+    ok = _gather_valid(valid)
+    # Maps and keep-top-k on the mesh; the host-bound perturbation scores
+    # (WebP sizes for SIC / AIC) on this process's rows and devices.
+    local_x = where.local(batch["image"])
     for name, fn in fns.items():
-      maps = fn(x, jnp.asarray(t))
-      values, skipped = explanations.faithfulness_scores(
-          plain, batch["image"], t, np.asarray(maps),
-          key=jax.random.fold_in(key, b), steps=config.faithfulness_steps,
-          batch_size=config.batch_size, baseline=baseline,
-          sic_aic=config.sic_aic)
+      maps = fn(x, targets)
+      local_maps = where.local(maps_on_disk.local_rows(maps))
+      values, _ = explanations.faithfulness_scores(
+          where.local_plain, local_x, t, local_maps,
+          key=key, steps=config.faithfulness_steps,
+          batch_size=config.batch_size, baseline=baseline, sic_aic=False)
+      if config.sic_aic:
+        pic = metrics.sic_aic(where.local_plain, local_x, local_maps,
+                              jnp.asarray(t), key=jax.random.fold_in(key, b))
+        values.update(aic=pic["aic"], sic=pic["sic"])
+        # Padding rows are not images: only valid rows are counted.
+        skipped = streaming.gather(pic["skipped"]).astype(bool) & ok
+        state.add_counts(f"sic_aic_skipped/{name}",
+                         np.asarray(skipped.sum()))
       for metric, v in values.items():
-        state.summary(name, metric).add(_host_statistics(v, valid))
-      keep = np.asarray(keep_fn(x, maps, jnp.asarray(predicted)))
+        state.summary(name, metric).add(
+            _host_statistics(streaming.gather(v), ok))
+      keep = streaming.gather(keep_fn(x, maps, predicted))
       for j, f in enumerate(config.keep_fractions):
         state.summary(name, f"keep_top_{round(100 * f)}").add(
-            _host_statistics(keep[:, j], valid))
-      state.add_counts(f"sic_aic_skipped/{name}", np.asarray(skipped))
-    state.summary("model", "top1_accuracy").add(_host_statistics(
-        (predicted == batch["label"]).astype(np.float32), valid))
+            _host_statistics(keep[:, j], ok))
+    hit = streaming.gather(predicted) == streaming.gather(batch["label"])
+    state.summary("model", "top1_accuracy").add(
+        _host_statistics(hit.astype(np.float32), ok))
 
   return batches, step
 
 
-def _localization(config, source, methods, clfs, state, key):
+def _localization(config, source, methods, clfs, state, key, where):
   n = source.num_examples
   batches = streaming.batch_slices(n, config.batch_size)
   tol = int(config.pointing_tolerance)
@@ -358,7 +433,7 @@ def _localization(config, source, methods, clfs, state, key):
       out[f"pointing_game_{tol}px"] = streaming.value_statistics(
           metrics.pointing_game(flat_maps, flat_masks, tolerance=tol), ok,
           codes)
-      return out
+      return streaming.replicate(out, where.mesh)
     return jit_checked(stats)
 
   fns = {name: per_batch(lambda x, t, m=m, c=clfs[m.classifier]:
@@ -372,10 +447,12 @@ def _localization(config, source, methods, clfs, state, key):
       t, masks = batch["labels"], batch["class_masks"]
     else:
       t, masks = batch["label"][:, None], batch["mask"][:, None]
-    args = (jnp.asarray(batch["image"]), jnp.asarray(t, jnp.int32),
-            jnp.asarray(masks), jnp.asarray(valid))
+    x = streaming.mesh_inputs(where.mesh, image=batch["image"],
+                              target=np.asarray(t, np.int32), mask=masks,
+                              valid=valid)
     for name, fn in fns.items():
-      stats = jax.device_get(fn(*args))
+      stats = jax.device_get(fn(x["image"], x["target"], x["mask"],
+                                x["valid"]))
       state.add_counts(f"status/{name}", stats.pop("status"))
       for metric, value in stats.items():
         state.summary(name, metric).add(np.asarray(value, np.float64))
@@ -390,7 +467,7 @@ def _pool_labels(source, pool: int) -> tuple[np.ndarray, np.ndarray]:
                               for i in range(0, len(idx), 256)])
 
 
-def _quad_grid(config, source, methods, clfs, state, key):
+def _quad_grid(config, source, methods, clfs, state, key, where):
   idx, labels = _pool_labels(source, config.pool_images)
   tiles = idx[grid.choose_tiles(labels, config.num_grids,
                                 seed=config.seed)]
@@ -404,10 +481,13 @@ def _quad_grid(config, source, methods, clfs, state, key):
     batch = source.get(mine.reshape(-1))
     grids = grid.make_grids(batch, np.arange(len(mine) * 4).reshape(-1, 4))
     grids.setdefault("mask", grids["quadrant_mask"])   # no object masks
-    ok = np.repeat(valid, grid.QUADRANTS)
+    x = streaming.mesh_inputs(where.mesh, image=grids["image"],
+                              labels=grids["labels"].astype(np.int32))
+    ok = np.repeat(_gather_valid(valid), grid.QUADRANTS)
     for name, fn in fns.items():
-      maps = _class_maps(fn(jnp.asarray(grids["image"]),
-                            jnp.asarray(grids["labels"])), grid.QUADRANTS)
+      # Maps on the mesh; this process scores its own grids.
+      maps = _class_maps(jnp.asarray(maps_on_disk.local_rows(
+          fn(x["image"], x["labels"]))), grid.QUADRANTS)
       variants = {name: maps}
       if not methods[name].label_free:
         variants[name + "+AL"] = lens_refine(maps)
@@ -415,12 +495,13 @@ def _quad_grid(config, source, methods, clfs, state, key):
         for metric, values in grid_game.score_maps(v, grids).items():
           if metric.endswith("_clue") and "mask" not in batch:
             continue
-          state.summary(variant, metric).add(_host_statistics(values, ok))
+          state.summary(variant, metric).add(
+              _host_statistics(streaming.gather(values), ok))
 
   return batches, step
 
 
-def _two_image(config, source, methods, clfs, state, key):
+def _two_image(config, source, methods, clfs, state, key, where):
   idx, labels = _pool_labels(source, config.pool_images)
   if "mask" in source.get(idx[:1]):
     masks = np.concatenate([source.get(idx[i:i + 256])["mask"]
@@ -433,9 +514,12 @@ def _two_image(config, source, methods, clfs, state, key):
   fns = {name: _method_fn(m, clfs[m.classifier])
          for name, m in methods.items() if not m.label_free}
   plain = clfs["plain"]
-  scorer = jax.jit(lambda x, t, maps: composites.composite_insertion_deletion(
-      plain, x, t, maps, steps=config.faithfulness_steps,
-      blur_sigma=config.blur_sigma))
+
+  @functools.partial(jax.jit, static_argnames="lens")
+  def scorer(x, t, maps, lens):
+    return composites.composite_insertion_deletion(
+        plain, x, t, composites.with_lens(maps) if lens else maps,
+        steps=config.faithfulness_steps, blur_sigma=config.blur_sigma)
 
   def step(b):
     rows, valid = streaming.local_indices(*batches[b], config.batch_size)
@@ -443,15 +527,18 @@ def _two_image(config, source, methods, clfs, state, key):
     batch = source.get(mine.reshape(-1))
     comp = composites.make_composites(
         batch, np.arange(2 * len(mine)).reshape(-1, 2))
-    x, t = jnp.asarray(comp["image"]), jnp.asarray(comp["labels"],
-                                                   jnp.int32)
+    x = streaming.mesh_inputs(where.mesh, image=comp["image"],
+                              labels=comp["labels"].astype(np.int32))
+    ok = np.repeat(_gather_valid(valid), composites.SIDES)
     for name, fn in fns.items():
-      maps = fn(x, t)
-      base = jax.device_get(scorer(x, t, maps))
-      lens = jax.device_get(scorer(x, t, composites.with_lens(maps)))
-      ok = np.repeat(valid, composites.SIDES)
+      maps = fn(x["image"], x["labels"])
+      scores = {}
+      for lens in (False, True):
+        out = scorer(x["image"], x["labels"], maps, lens=lens)
+        scores[lens] = {k: np.ravel(streaming.gather(v))
+                        for k, v in out.items()}
       for metric in ("ins", "del", "idd"):
-        b_, l_ = np.ravel(base[metric]), np.ravel(lens[metric])
+        b_, l_ = scores[False][metric], scores[True][metric]
         state.summary(name, metric).add(_host_statistics(b_, ok))
         state.summary(name + "+AL", metric).add(_host_statistics(l_, ok))
         state.summary(name + "+AL-base", metric).add(

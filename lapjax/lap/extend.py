@@ -213,7 +213,7 @@ def extend_pretrained(module: nn.Module, variables: Mapping[str, Any],
     lap_module = DetachedLAPModel(lap_module, tuple(detached), m,
                                   head_widths=tuple(head_widths),
                                   discriminative=discriminative)
-  fresh = lap_module.init(key, jnp.zeros((1, *input_shape)))
+  fresh = jax.jit(lap_module.init)(key, jnp.zeros((1, *input_shape)))
   prefix = ("backbone",) if detached else ()
   out = {}
   for collection, tree in fresh.items():

@@ -165,8 +165,9 @@ def cascading_randomization(module: nn.Module, variables, x: jax.Array,
   params = dict(variables["params"])
   stats = dict(variables.get("batch_stats", {}))
   out = {s: [SIMILARITIES[s](reference, reference)] for s in similarities}
+  init = jax.jit(module.init)      # one program for every draw
   for i, name in enumerate(layers):
-    fresh = module.init(jax.random.fold_in(key, i), x[:1])
+    fresh = init(jax.random.fold_in(key, i), x[:1])
     params[name] = fresh["params"][name]
     if batch_stats == "reset" and name in stats:
       stats[name] = fresh["batch_stats"][name]

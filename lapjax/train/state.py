@@ -37,9 +37,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        ) -> TrainState:
   """Initialises parameters for images of ``input_shape = (H, W, C)``."""
   init_key, rng = jax.random.split(key)
-  variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))
-  params = variables["params"]
-  return TrainState(step=jnp.array(0, jnp.int32), params=params,
+
+  def init(k):          # one compiled program, not one per initialiser
+    variables = model.init(k, jnp.zeros((1, *input_shape), jnp.float32))
+    return variables, tx.init(variables["params"])
+
+  variables, opt_state = jax.jit(init)(init_key)
+  return TrainState(step=jnp.array(0, jnp.int32), params=variables["params"],
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params),
-                    rng=jax.random.key_data(rng))
+                    opt_state=opt_state, rng=jax.random.key_data(rng))

@@ -58,6 +58,58 @@ def test_smooth_mask_matches_torchray():
   np.testing.assert_allclose(full, FIXTURE["mask_full"], atol=1e-5)
 
 
+def reference_smooth_mask(params, geometry):
+  """TorchRay's ``MaskGenerator.generate`` written directly: every output
+  pixel gathers its ``(2 radius + 1)^2`` parameters (``floor(u / step)``
+  as TorchRay computes it, in float32), multiplies them by
+  ``geometry.weight`` and softmax-pools them; plain autodiff."""
+  g = geometry
+  k = 2 * g.radius + 1
+  padded = jnp.pad(params, [(0, 0)] + [(g.padding, g.padding)] * 2)
+  cells = []
+  for z_out, z_mid in zip(g.shape_out, g.shape_mid):
+    inv = np.float32(z_mid) / np.float32(z_mid * g.step)
+    cells.append(np.floor(inv * np.arange(z_out, dtype=np.float32))
+                 .astype(int))
+  iy, ix = cells
+  gathered = jnp.stack([padded[:, iy[:, None] + ky, ix[None, :] + kx]
+                        for ky in range(k) for kx in range(k)], axis=1)
+  m = jnp.asarray(g.weight) * gathered                   # [P, k^2, h, w]
+  pooled = jnp.sum(m * jax.nn.softmax(opt.EP_COLDNESS * m, axis=1), axis=1)
+  full = jnp.where(pooled < 0, 0.0, jnp.where(pooled > 1, 1.0, pooled))
+  return full[:, g.margin:g.margin + g.shape[0],
+              g.margin:g.margin + g.shape[1]], full
+
+
+@pytest.mark.parametrize("shape, step, sigma", [
+    ((20, 28), 3, 6.0),        # the fixture's geometry
+    ((112, 112), 4, 10.5),     # TorchRay's 224 settings scaled to 112
+    ((224, 224), 7, 21.0),     # TorchRay's reference settings
+])
+def test_smooth_mask_values_and_gradients_equal_direct_definition(
+    shape, step, sigma):
+  geometry = opt.smooth_mask_geometry(shape, step, sigma)
+  k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+  params = jax.random.uniform(k1, (2, *geometry.shape_in))
+  params = params.at[1, :3].set(1.0)        # ties, as the all-ones start
+  w_crop = jax.random.normal(k2, (2, *shape))
+  w_full = jax.random.normal(k3, (2, *geometry.shape_out))
+
+  def loss(fn, p):
+    cropped, full = fn(p, geometry)
+    return jnp.sum(cropped * w_crop) + jnp.sum(full * w_full)
+
+  got = opt.smooth_mask(params, geometry)
+  want = reference_smooth_mask(params, geometry)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, atol=5e-6)   # float32 sums of 81
+  g_got = jax.grad(lambda p: loss(opt.smooth_mask, p))(params)
+  g_want = jax.grad(lambda p: loss(reference_smooth_mask, p))(params)
+  scale = float(jnp.max(jnp.abs(g_want)))
+  assert scale > 0
+  np.testing.assert_allclose(g_got, g_want, atol=1e-5 * scale)
+
+
 @pytest.mark.parametrize("kind", ["blur", "fade"])
 def test_pyramid_matches_torchray(kind):
   pyramid = opt.perturbation_pyramid(X, num_levels=8, max_blur=5.0,

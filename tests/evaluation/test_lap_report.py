@@ -55,20 +55,76 @@ def test_box_scores_pool_the_boxes_of_all_images():
   half[1, 3, 3:5] = True
   one = np.zeros((2, 6, 6), bool)
   one[1, 0:2, 0:2] = True
-  capture, truncated, per_image = lap_report.box_scores(
+  scores = lap_report.box_scores(
       jnp.asarray(maps), {"half": jnp.asarray(half), "one": jnp.asarray(one)},
       jnp.asarray(boxes), jnp.asarray(valid))
-  assert capture["half"] == {"sensitivity": 1.0, "n_captured": 3,
-                             "n_boxes": 3}
-  assert capture["one"]["n_captured"] == 1
-  assert capture["one"]["sensitivity"] == pytest.approx(1 / 3)
+  pooled = {b: lap_report.pooled_capture(s["n_captured"].sum(),
+                                         s["n_boxes"].sum())
+            for b, s in scores.items()}
+  np.testing.assert_array_equal(scores["half"]["n_boxes"], [1, 2])
+  assert pooled["half"] == {"sensitivity": 1.0, "n_captured": 3,
+                            "n_boxes": 3}
+  np.testing.assert_array_equal(scores["one"]["n_captured"], [0, 1])
+  assert pooled["one"]["sensitivity"] == pytest.approx(1 / 3)
   # "half" is exactly the truncated target: 1 on both images; "one" marks
   # 4 pixels of which the 2 upper ones are in image 1's 4-pixel target.
-  np.testing.assert_allclose(per_image["half"], [1.0, 1.0])
-  np.testing.assert_allclose(per_image["one"][1], 2 / 6)
-  assert per_image["one"][0] == 0.0              # nothing marked
-  assert truncated["half"]["mean"] == pytest.approx(1.0)
-  assert truncated["one"]["n"] == 2
+  np.testing.assert_allclose(scores["half"]["truncated_iou"], [1.0, 1.0])
+  np.testing.assert_allclose(scores["one"]["truncated_iou"], [0.0, 2 / 6])
+  assert lap_report.pooled_capture(0, 0)["sensitivity"] != \
+      lap_report.pooled_capture(0, 0)["sensitivity"]        # NaN, no boxes
+
+
+def test_report_streamed_in_padded_batches_equals_one_batch(tiny_run_dir,
+                                                            monkeypatch):
+  # 40 test images in batches of 16 (16, 16, 8 padded to 16) give the
+  # report of one batch of 40: per-image scores do not depend on the batch.
+  # The tiny run classifies almost nothing right, so every clue image is
+  # scored here (the selection is not what this test is about).
+  import jax
+
+  correct = lap_report._correct_clue_images
+
+  def every_clue_image(clf, batch, dcs):
+    _, pred = correct(clf, batch, dcs)
+    return np.flatnonzero(batch["label"] != dcs.bgo), pred
+
+  monkeypatch.setattr(lap_report, "_correct_clue_images", every_clue_image)
+
+  from configs import lap as lap_configs
+  from lapjax.data import sources
+  from lapjax.train import loop
+  from lapjax.train.state import create_train_state
+
+  c = lap_configs.get_config("lap_detached,multi,tiny")
+  c.init_from = str(tiny_run_dir)
+  c.evaluation.methods = ("grad_cam",)
+  c.evaluation.lap_images = 40
+  c.evaluation.lap_val_images = 32
+  test, info = sources.make_source(c.data, "test")
+  val, _ = sources.make_source(c.data, "validation")
+  model = loop.build_model(c, info)
+  tx, _ = loop.make_optimizer(c)
+  state = create_train_state(model, tx, jax.random.key(0),
+                             info["image_shape"])
+  state = loop.init_from_run(state, tx, str(tiny_run_dir), into="backbone")
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  reports = []
+  for batch_size in (40, 16):
+    c.evaluation.batch_size = batch_size
+    reports.append(lap_report.lap_evaluation(
+        c, model, variables, test, val, lap_layers=loop.lap_map_layers(c),
+        membership=loop.dc_membership(info), key=jax.random.key(0)))
+  one, streamed = reports
+  assert one["n_images"] > 16                # more than one batch's worth
+  assert set(one["iou"]) == {"grad_cam", "lap", "lap1", "lap2"}
+  jax.tree.map(_assert_same, one, streamed)
+
+
+def _assert_same(a, b):
+  if isinstance(a, str):
+    assert a == b
+  else:
+    np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def _report():

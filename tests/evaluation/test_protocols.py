@@ -117,6 +117,10 @@ def test_imagenet_faithfulness_equals_the_in_memory_metrics(tmp_path):
       report["scores"]["model"]["top1_accuracy"]["mean"],
       np.mean(predicted == images["label"]))
   maps = explanations.explain(clfs, images["image"], predicted, methods)
+  # SIC / AIC skip an image whose prediction has probability under 0.8
+  # (PAIR's filter): here every image of the random-weight model.
+  probs = jax.nn.softmax(clf.apply(jnp.asarray(images["image"]))[0])
+  assert np.all(np.max(np.asarray(probs), -1) < 0.8)
   for name in methods:
     values, _ = explanations.faithfulness_scores(
         clf, images["image"], predicted, maps[name],
@@ -134,6 +138,8 @@ def test_imagenet_faithfulness_equals_the_in_memory_metrics(tmp_path):
       np.testing.assert_allclose(got[f"keep_top_{round(100 * f)}"]["mean"],
                                  keep[:, j].mean(), atol=1e-6)
     assert got["sic"]["n"] + got["sic"]["nan"] == n
+    # The n images skipped, not the padding rows of the last batch.
+    assert report["counts"][f"sic_aic_skipped/{name}"] == n
 
 
 def test_voc_one_map_per_present_class_against_its_boxes(tmp_path):

@@ -1,5 +1,7 @@
 """LAP-extended models, detached LAPs, selective fine-tuning, LAP training."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,14 @@ def _setup(variant, **overrides):
   state = create_train_state(model, tx, jax.random.key(0),
                              info["image_shape"])
   return c, src, info, model, tx, state
+
+
+def _step(model, tx, **options):
+  """``loop.train_step`` as one compiled program, as the training loop runs
+  it (op by op, every operation of the model and the losses compiles on
+  its own)."""
+  return jax.jit(functools.partial(loop.train_step, model=model, tx=tx,
+                                   **options))
 
 
 def _batch(src, c, step=0, expert=False):
@@ -54,11 +64,12 @@ def test_lap_resnet_replaces_strided_stage_entry_and_pools():
   spec = lap.LAPSpec(("stem_pool", "stage3_pool", "global_pool"), 2,
                      head_widths=(4,))
   m = ResNet18(num_classes=3, width=4, pool=spec)
-  v = m.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  plain = ResNet18(num_classes=3, width=4)
-  pv = plain.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   x = jnp.ones((1, 64, 64, 3))
-  assert m.apply(v, x).shape == plain.apply(pv, x).shape
+  v = jax.jit(m.init)(jax.random.key(0), x)     # one program, not op by op
+  plain = ResNet18(num_classes=3, width=4)
+  assert (jax.eval_shape(m.apply, v, x).shape
+          == jax.eval_shape(plain.init_with_output, jax.random.key(0),
+                            x)[0].shape)
   clf = from_flax(m, v, layers=("stage3", "stage3_pool/head"),
                   input_shape=(64, 64, 3))
   _, f = clf.apply(x)
@@ -94,12 +105,11 @@ def test_expert_training_step_uses_box_masks():
   c, src, info, model, tx, state = _setup("lap_bbl")
   terms = loop.LAPTraining.from_config(c, info, expert_gamma_iar=0.1)
   assert terms.objective.supervision == "expert"
-  _, m = loop.train_step(state, _batch(src, c, expert=True), model=model,
-                         tx=tx, lap_terms=terms)
+  step = _step(model, tx, lap_terms=terms)
+  _, m = step(state, _batch(src, c, expert=True))
   assert np.isfinite(float(m["lap"]))
   with pytest.raises(ValueError, match="box masks"):
-    loop.train_step(state, _batch(src, c), model=model, tx=tx,
-                    lap_terms=terms)
+    step(state, _batch(src, c))
 
 
 def test_detached_laps_leave_the_backbone_bit_identical():
@@ -134,8 +144,8 @@ def test_selective_fine_tuning_freezes_the_rest():
   c, src, info, model, tx, state = _setup(
       "lap_wsl", trainable=("global_pool", "head"))
   terms = loop.LAPTraining.from_config(c, info)
-  new, _ = loop.train_step(state, _batch(src, c), model=model, tx=tx,
-                           lap_terms=terms, trainable=c.trainable)
+  new, _ = _step(model, tx, lap_terms=terms, trainable=c.trainable)(
+      state, _batch(src, c))
   for name in state.params:
     same = jax.tree.leaves(jax.tree.map(
         lambda a, b: bool(np.array_equal(a, b)), new.params[name],
@@ -171,8 +181,7 @@ def test_explanation_loss_combines_with_lap_losses():
   terms = loop.LAPTraining.from_config(c, info)
   b = batching.train_batch(src, 16, 0, 0)
   batch = {k: b[k] for k in ("image", "label", "boxes", "boxes_valid")}
-  _, m = loop.train_step(state, batch, model=model, tx=tx, explain=explain,
-                         lap_terms=terms)
+  _, m = _step(model, tx, explain=explain, lap_terms=terms)(state, batch)
   assert float(m["explain"]) > 0 and float(m["lap"]) > 0
   np.testing.assert_allclose(
       m["loss"], m["cross_entropy"] + c.explain_loss.alpha * m["explain"]

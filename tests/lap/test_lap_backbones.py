@@ -1,6 +1,7 @@
 """LAP on the papers' backbones: paper-form strided replacement (App. C.1),
 trainable aggregation, LAP-extended pretrained zoo models."""
 
+import functools
 import itertools
 
 import flax.linen as nn
@@ -84,9 +85,10 @@ def test_resnet_stage_places_sit_after_the_stride_one_conv(block, conv):
   m = resnet.ResNet(3, stage_sizes=(1, 1), block=block, width=4,
                     small_inputs=True, pool=spec)
   x = jax.random.normal(jax.random.key(1), (2, 9, 7, 3))
-  v = m.init(jax.random.key(0), x)
+  v = jax.jit(m.init)(jax.random.key(0), x)
   assert "stage2_pool" in v["params"]            # a submodule of the ResNet
-  _, inter = m.apply(v, x, capture_intermediates=True)
+  _, inter = jax.jit(functools.partial(m.apply, capture_intermediates=True))(
+      v, x)
   inter = inter["intermediates"]
   y = inter["stage2"]["block1"][conv]["__call__"][0]
   pooled = inter["stage2_pool"]["__call__"][0]
@@ -101,7 +103,7 @@ def test_resnet_stage_places_sit_after_the_stride_one_conv(block, conv):
   # Same kernels as the plain ResNet: the pretrained weights carry over.
   plain = resnet.ResNet(3, stage_sizes=(1, 1), block=block, width=4,
                         small_inputs=True)
-  pv = plain.init(jax.random.key(0), x)
+  pv = jax.eval_shape(plain.init, jax.random.key(0), x)
   shapes = jax.tree.map(jnp.shape, pv["params"])
   assert shapes == {k: s for k, s in jax.tree.map(
       jnp.shape, v["params"]).items() if k != "stage2_pool"}
@@ -130,23 +132,27 @@ def test_weighted_aggregation_starts_as_sum_and_learns():
   x = jax.random.normal(jax.random.key(3), (2, 8, 8, 5))
   kw = dict(window=2, head_widths=(4,), discriminative=False)
   weighted = lap.LAPPool(3, aggregation="weighted", **kw)
-  v = weighted.init(jax.random.key(0), x)
+  v = jax.jit(weighted.init)(jax.random.key(0), x)
   assert v["params"]["dc_logits"].shape == (3,)
   summed = {k: p for k, p in v["params"].items() if k != "dc_logits"}
   np.testing.assert_allclose(
-      weighted.apply(v, x),
-      lap.LAPPool(3, aggregation="sum", **kw).apply({"params": summed}, x),
+      jax.jit(weighted.apply)(v, x),
+      jax.jit(lap.LAPPool(3, aggregation="sum", **kw).apply)(
+          {"params": summed}, x),
       rtol=1e-6, atol=1e-6)
-  g = jax.grad(lambda p: (weighted.apply({"params": p}, x)**2).sum())(
-      v["params"])
+  g = jax.jit(jax.grad(
+      lambda p: (weighted.apply({"params": p}, x)**2).sum()))(v["params"])
   assert float(jnp.abs(g["dc_logits"]).sum()) > 0
   assert lap.LAPSpec(("pool1",), 3, aggregation="weighted")
   with pytest.raises(ValueError, match="aggregation must be one of"):
     lap.LAPSpec(("pool1",), 3, aggregation="softmax")
 
 
-# LAP-extended pretrained backbones, on the reduced PyTorch fixtures.
+# LAP-extended pretrained backbones, on the reduced PyTorch fixtures. The
+# models run jitted: op by op, every layer shape compiles its own programs
+# (hundreds for Inception), which is most of these tests' time.
 
+@functools.cache
 def _resnet():
   module = resnet.ResNet(10, stage_sizes=(2, 1, 1, 1),
                          block=resnet.BasicBlock, width=8,
@@ -191,10 +197,35 @@ def _assert_backbone_intact(pretrained, extended, prefix=()):
       np.testing.assert_array_equal(got[prefix + path], value)
 
 
+def _logits(module, variables, x):
+  return jax.jit(module.apply)(variables, x)
+
+
 def _maps(module, variables, x):
-  logits, col = module.apply(variables, x, mutable=["lap"])
-  maps, disc = lap.lap_outputs(col["lap"])
-  return logits, maps, disc
+  def logits_and_maps(variables, x):
+    # Inside the trace: the collection still holds the maps in the order
+    # they were recorded (a jitted dict comes back with sorted keys).
+    logits, col = module.apply(variables, x, mutable=["lap"])
+    return logits, *lap.lap_outputs(col["lap"])
+
+  return jax.jit(logits_and_maps)(variables, x)
+
+
+def _extend_jitted(module, variables, spec, *, key, **kwargs):
+  """``lap.extend_pretrained`` traced as one program (its ``init`` op by
+  op costs the Inception test a minute of compilation); the same copies
+  and initialisers, so the same checks hold. ``test_resnet_paper_4_laps``
+  calls it as users do."""
+  built = []
+
+  def variables_only(variables, key):
+    lap_module, lap_variables = lap.extend_pretrained(
+        module, variables, spec, key=key, **kwargs)
+    built.append(lap_module)
+    return lap_variables
+
+  lap_variables = jax.jit(variables_only)(variables, key)
+  return built[0], lap_variables
 
 
 def test_resnet_paper_4_laps_from_a_pretrained_checkpoint():
@@ -220,16 +251,16 @@ def test_resnet_paper_4_laps_from_a_pretrained_checkpoint():
 def test_resnet_lap_pools_at_alpha_zero_and_detached_laps_keep_logits():
   module, variables, shape = _resnet()
   x = _fixture_input("resnet_basic")
-  want = module.apply(variables, x)
+  want = _logits(module, variables, x)
   np.testing.assert_allclose(want, zoo_checks.load_fixture(
       "resnet_basic")["logits"], rtol=1e-4, atol=1e-4)
   # A LAP-Pool at alpha 0 averages: at global_pool it is the backbone's
   # pool. Max pools and strided convolutions have no LAP-Pool equal to
   # them, so those places get detached LAPs.
   spec = lap.LAPSpec(("global_pool",), 1, alpha_init=0.0)
-  m, v = lap.extend_pretrained(module, variables, spec,
-                               detached=("stem_pool", "stage3", "stage4"),
-                               input_shape=shape, key=jax.random.key(1))
+  m, v = _extend_jitted(module, variables, spec,
+                        detached=("stem_pool", "stage3", "stage4"),
+                        input_shape=shape, key=jax.random.key(1))
   _assert_backbone_intact(variables, v, ("backbone",))
   logits, maps, _ = _maps(m, v, x)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
@@ -242,20 +273,20 @@ def test_efficientnet_b0_placement_keeps_logits():
   assert lap.pool_places(module, shape) == ("stage2_pool", "stage3_pool",
                                             "global_pool")
   x = _fixture_input("efficientnet")
-  want = module.apply(variables, x)
+  want = _logits(module, variables, x)
   # The paper's LAP-EfficientNetB0: a LAP-Pool at the global pool, a
   # detached LAP on the first block of a strided stage (features.6.0 in
   # B0; stage3/block1 in this reduced model).
   spec = lap.LAPSpec(("global_pool",), 2, alpha_init=0.0)
-  m, v = lap.extend_pretrained(module, variables, spec,
-                               detached=("stage3/block1",),
-                               input_shape=shape, key=jax.random.key(2))
+  m, v = _extend_jitted(module, variables, spec,
+                        detached=("stage3/block1",), input_shape=shape,
+                        key=jax.random.key(2))
   _assert_backbone_intact(variables, v, ("backbone",))
   logits, maps, _ = _maps(m, v, x)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
   assert [mp.shape[-1] for mp in maps] == [2, 2]
   # The paper form at a strided stage: stride-1 depthwise, 3x3/2 LAP-Pool.
-  m4, v4 = lap.extend_pretrained(
+  m4, v4 = _extend_jitted(
       module, variables, lap.LAPSpec(("stage2_pool", "global_pool"), 1),
       input_shape=shape, key=jax.random.key(3))
   _assert_backbone_intact(variables, v4)
@@ -268,11 +299,10 @@ def test_inception_v3_placement_keeps_logits():
   assert lap.pool_places(module, shape) == ("maxpool1", "maxpool2",
                                             "global_pool")
   x = _fixture_input("inception")
-  want = module.apply(variables, x)
+  want = _logits(module, variables, x)
   spec = lap.LAPSpec(("global_pool",), 1, alpha_init=0.0)
-  m, v = lap.extend_pretrained(module, variables, spec,
-                               detached=("Mixed_7a",), input_shape=shape,
-                               key=jax.random.key(4))
+  m, v = _extend_jitted(module, variables, spec, detached=("Mixed_7a",),
+                        input_shape=shape, key=jax.random.key(4))
   _assert_backbone_intact(variables, v, ("backbone",))
   logits, maps, _ = _maps(m, v, x)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
