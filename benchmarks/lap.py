@@ -3,6 +3,7 @@ r"""LAP costs, measured side by side in one run (paper 000, Sec. 3.4).
   python benchmarks/lap.py [--reps 20] [--batch 64] [--ablations]
   python benchmarks/lap.py --model resnet18 --batch 16 --reps 5
   python benchmarks/lap.py --model resnet50 --batch 16 --reps 5 --steps-only
+  python benchmarks/lap.py --model resnet50 --batch 16 --flops-only
 
 The default SmallCNN (64x64 binary clue images, widths 16-128) against its
 LAP-extended versions: the paper's 4-LAP setting (LAP-Pools at ``pool1
@@ -22,7 +23,9 @@ at input resolution) against a plain forward pass of the same model and
 Grad-CAM at ``block4``. ``--ablations``: the step of one LAP setting
 (``--setting``) with one LAP option changed at a time instead. Jitted,
 compile excluded; the calls are timed in interleaved rounds and each
-reported as its median over ``--reps`` rounds.
+reported as its median over ``--reps`` rounds. Each step's XLA
+``cost_analysis`` (FLOPs, bytes accessed) is printed beside its time;
+``--flops-only`` prints that of the lowered steps and compiles nothing.
 """
 
 import argparse
@@ -91,6 +94,20 @@ def build_step(model_name, places, changes, batch_size):
   return step, (state, batch), model
 
 
+def compiled_cost(step, step_args, *, compile_step: bool = True) -> tuple:
+  """``(compiled step, flops, bytes accessed)``: the step compiled once,
+  for timing and for XLA's own count of its floating-point operations
+  (a multiply-add is 2) and memory traffic. ``compile_step=False``: the
+  count of the lowered, unoptimised program (no compilation, no step:
+  None)."""
+  lowered = step.lower(*step_args)
+  compiled = lowered.compile() if compile_step else None
+  cost = (compiled if compile_step else lowered).cost_analysis()
+  if isinstance(cost, (list, tuple)):      # one dict per device program
+    cost = cost[0]
+  return compiled, cost["flops"], cost.get("bytes accessed", float("nan"))
+
+
 def map_calls(name, places, cam_layer, model, state, batch):
   """Forward pass, LAP maps and Grad-CAM of one batch, jitted."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -115,27 +132,47 @@ def main():
                       choices=("4 LAPs", "2 LAPs"),
                       help="the LAP setting --ablations changes")
   parser.add_argument("--only", nargs="+", default=None,
-                      help="LAP settings to time beside vanilla (default: "
-                      "all of the model's)")
+                      help="LAP settings (with --ablations: ablations) to "
+                      "time beside vanilla (default: all)")
   parser.add_argument("--steps-only", action="store_true",
                       help="time the training steps, not the maps")
+  parser.add_argument("--flops-only", action="store_true",
+                      help="print the XLA FLOP counts of the lowered, "
+                      "unoptimised steps; compile and time nothing")
   args = parser.parse_args()
   settings = {k: v for k, v in SETTINGS[args.model].items()
-              if v is None or args.only is None or k in args.only}
+              if v is None or args.only is None or args.ablations
+              or k in args.only}
   steps = {"vanilla": build_step(args.model, None, {}, args.batch)}
   if args.ablations:
     for name, changes in ABLATIONS.items():
+      if args.only is not None and name not in args.only:
+        continue
       steps[name] = build_step(args.model, settings[args.setting], changes,
                                args.batch)
   else:
     for name, places in settings.items():
       if places is not None:
         steps[name] = build_step(args.model, places, {}, args.batch)
-  times = timed_side_by_side({k: v[:2] for k, v in steps.items()},
-                             reps=args.reps)
+  compiled = {name: compiled_cost(step, step_args,
+                                 compile_step=not args.flops_only)
+              for name, (step, step_args, _) in steps.items()}
+  for name, (_, flops, bytes_accessed) in compiled.items():
+    print(json.dumps({"what": "train step cost (XLA cost_analysis, "
+                      + ("unoptimised" if args.flops_only else "compiled")
+                      + ")",
+                      "model": args.model, "setting": name,
+                      "gflop": flops / 1e9, "gbytes": bytes_accessed / 1e9,
+                      "flop_ratio_to_vanilla":
+                      flops / compiled["vanilla"][1]}), flush=True)
+  if args.flops_only:
+    return
+  times = timed_side_by_side(
+      {k: (compiled[k][0], v[1]) for k, v in steps.items()}, reps=args.reps)
   for name, t in times.items():
     print(json.dumps({"what": "train step", "model": args.model,
-                      "setting": name, "lap_places": args.setting
+                      "batch": args.batch, "setting": name,
+                      "lap_places": args.setting
                       if args.ablations else settings[name], "ms": 1e3 * t,
                       "ratio_to_vanilla": t / times["vanilla"]}), flush=True)
   if args.ablations or args.steps_only:

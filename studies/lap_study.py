@@ -17,15 +17,31 @@ of the image), SmallCNN widths (16, 32, 64) (LAP grids 32, 16, 8),
 initialisation and batch order. ``NAME,multi`` variants use the 4-class
 clue benchmark (3 one-vs-others DCs) with the paper's ImageNet setting: 2
 LAPs (``pool2 global_pool``; detached: ``block2 block3``), MaxAR off, LAP
-weight 0.1.
+weight 0.1. ``NAME,resnet18`` (plugged-in variants only) swaps the small
+CNN for a reduced ResNet-18 (``RESNET18``) whose LAP-Pools replace its
+strided convolutions in the paper's form (``RESNET18_PLACES``); Grad-CAM
+at its last stage, ``stage4``. The issue-20 rerun (docs/studies/
+lap_study.md, "Rerun")::
+
+  python studies/lap_study.py --seeds 0 --variants vanilla lap_wsl \
+      --runs RUNS --results docs/lap_study/rerun.jsonl
+  python studies/lap_study.py --seeds 0 --steps 300 --variants \
+      vanilla,resnet18 lap_wsl,resnet18 --runs RUNS \
+      --results docs/lap_study/rerun.jsonl
+  python studies/lap_study.py --report --results docs/lap_study/rerun.jsonl
 
 Each run is scored by ``lapjax.evaluation.lap_report.lap_evaluation`` on
 the first 256 test images (learned thresholds from 64 validation
 images) for LAP and the paper's bar methods: input x gradient, guided
-backprop, Grad-CAM at ``block3`` (IoU with the true clue mask under four
-binarisations, SRG, keep-top-k accuracy, standalone LAPs) plus test
-accuracy on 2,000 images. One JSON line per run in
-``docs/lap_study/results.jsonl``; ``--report`` writes ``results.md``.
+backprop, Grad-CAM at ``block3``, DeepLIFT, Relevance-CAM, LRP (IoU with
+the true clue mask under four binarisations, box-capture sensitivity and
+truncated IoU, SRG, keep-top-k accuracy, paired t-tests of the
+aggregated LAP map against each method, sensitivity and specificity,
+standalone LAPs) plus test accuracy on 2,000 images. One JSON line per
+run in ``--results`` (default ``docs/lap_study/results.jsonl``);
+``--report`` tabulates every key into the ``.md`` beside it. A run whose
+folder holds the finished run is restored and scored again, not
+retrained (its ``train_s`` is then the restore time).
 """
 
 import argparse
@@ -38,11 +54,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import lap as lap_configs  # noqa: E402
 from lapjax.data import sources  # noqa: E402
-from lapjax.evaluation.lap_report import lap_evaluation  # noqa: E402
+from lapjax.evaluation.lap_report import (  # noqa: E402
+  BINARIZATIONS,
+  lap_evaluation,
+)
+from lapjax.metrics.significance import format_comparison  # noqa: E402
 from lapjax.train.loop import (  # noqa: E402
   build_model,
   dc_membership,
@@ -60,7 +81,22 @@ VARIANTS = ("vanilla", "lap_wsl", "lap_bbl", "lap_detached", "naive_v1",
 FOUR_BLOCKS = ("vanilla4", "lap_detached4")
 
 
+# The reduced ResNet-18 (``NAME,resnet18``): torchvision's block layout
+# (2, 2, 2, 2) with an eighth of its widths (8 .. 64, about the small
+# CNN's compute) and the 3x3/1 stem of small inputs (grids 32, 32, 16, 8,
+# 4). Its LAP-Pools are the paper's
+# 4 LAPs shifted by one stage, since a small-input ResNet has no stem max
+# pool: the strided stages in the paper's form (stride-1 convolution, then
+# a 3x3/2 LAP-Pool; map grids 32, 16, 8) and the global pool (4x4).
+RESNET18 = {"small_inputs": True, "width": 8}
+RESNET18_PLACES = ("stage2_pool", "stage3_pool", "stage4_pool",
+                   "global_pool")
+
+
 def study_config(variant: str, seed: int, steps: int, runs: str):
+  name, *flags = variant.split(",")
+  resnet = "resnet18" in flags
+  variant = ",".join([name, *(f for f in flags if f != "resnet18")])
   four = variant in FOUR_BLOCKS            # a 4th block, at 4x4
   base = variant[:-1] if four else variant
   deep = base == "lap_detached_deep"       # detached on block2, block3 only
@@ -89,6 +125,20 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
     c.init_from = os.path.join(runs, "vanilla,multi" if multi else
                                "vanilla4" if four else "vanilla") + f"_s{seed}"
     c.evaluation.layer = "backbone/block3"
+  if resnet:
+    if c.lap.mode == "detached":
+      raise ValueError("the reduced ResNet-18 has plugged-in LAP variants "
+                       f"only; got {variant!r}")
+    c.model.name = "resnet18"
+    c.model.kwargs = ml_collections.ConfigDict(RESNET18)
+    c.evaluation.layer = "stage4"          # the last stage, 4x4
+    if c.lap.mode == "plugged":
+      c.lap.places = RESNET18_PLACES[-2:] if multi else RESNET18_PLACES
+      # A paper-form stage's BatchNorm follows its LAP-Pool, not a
+      # convolution: relevance propagation refuses it (no canonizer).
+      c.evaluation.methods = tuple(m for m in c.evaluation.methods if m
+                                   not in ("deeplift", "relevance_cam",
+                                           "lrp"))
   return c
 
 
@@ -143,64 +193,118 @@ def rescore_grad_cam(variant: str, seed: int, steps: int, runs: str,
           "srg": r["srg"]["grad_cam"]["mean"]}
 
 
-def report() -> None:
-  rows = [json.loads(line) for line in open(os.path.join(OUT,
-                                                          "results.jsonl"))]
+def _mean_std(values, scale=1.0) -> str:
+  v = np.asarray([x for x in values if x is not None], np.float64) * scale
+  v = v[~np.isnan(v)]
+  if v.size < 2:                   # one seed: no spread to show
+    return f"{v[0]:.1f}" if v.size else ""
+  return f"{v.mean():.1f} ± {v.std():.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+  return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+          *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _per_binarization(by: dict, key: str, title: str, value) -> list[str]:
+  """One table per binarisation of ``row[key][method][binarisation]``."""
+  lines = []
+  for binar in BINARIZATIONS:
+    methods = sorted({m for rs in by.values() for r in rs
+                      for m, per in r.get(key, {}).items() if binar in per})
+    if not methods:
+      continue
+    rows = [[v] + [_mean_std([value(r[key][m][binar]) for r in rs
+                              if m in r.get(key, {})
+                              and binar in r[key][m]], 100)
+                   for m in methods] for v, rs in by.items()]
+    lines += ["", f"## {title}, binarisation `{binar}`", "",
+              *_table(["variant", *methods], rows)]
+  return lines
+
+
+def report(results: str) -> None:
+  """Tables of every key ``lap_evaluation`` writes, from ``results``
+  (``.jsonl``) into the ``.md`` beside it; mean ± std over seeds."""
+  rows = [json.loads(line) for line in open(results)]
   by = {}
   for r in rows:
     by.setdefault(r["variant"], []).append(r)
-
-  def ms(values, scale=1.0):
-    v = np.asarray(values, np.float64) * scale
-    return f"{v.mean():.1f} ± {v.std():.1f}" if v.size else ""
-
-  lines = ["# LAP study on the clue benchmark (binary; `,multi`: 4 classes)",
-           "",
-           f"{len(rows)} runs; mean ± std over the seeds of each variant "
-           "(accuracy table); command in "
-           "`studies/lap_study.py`. IoU in percent with the true clue "
-           "mask on correctly classified clue test images.", "",
-           "## Accuracy", "",
-           "| variant | seeds | test accuracy (%) | train s |",
-           "|---|---|---|---|"]
-  for v, rs in by.items():
-    seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r:
-                                                      r["seed"]))
-    lines.append(f"| {v} | {seeds} | "
-                 f"{ms([r['test_accuracy'] for r in rs], 100)} | "
-                 f"{ms([r['train_s'] for r in rs])} |")
-  for binar in ("mu_sigma", "top_k_gt", "learned", "lap_0.5"):
-    methods = sorted({m for r in rows for m, per in r["iou"].items()
-                      if binar in per})
-    if not methods:
-      continue
-    lines += ["", f"## IoU, binarisation `{binar}`", "",
-              "| variant | " + " | ".join(methods) + " |",
-              "|---" * (len(methods) + 1) + "|"]
-    for v, rs in by.items():
-      cells = [ms([r["iou"][m][binar]["mean"] for r in rs
-                   if m in r["iou"] and binar in r["iou"][m]], 100)
-               for m in methods]
-      lines.append(f"| {v} | " + " | ".join(cells) + " |")
+  lines = ["# LAP study on the clue benchmark (binary; `,multi`: 4 classes; "
+           "`,resnet18`: the reduced ResNet-18)", "",
+           f"{len(rows)} runs; mean ± std over the seeds of each variant; "
+           "command in `studies/lap_study.py`. IoU, capture and "
+           "truncated IoU in percent, on correctly classified clue test "
+           "images.", "", "## Accuracy", ""]
+  lines += _table(
+      ["variant", "seeds", "test accuracy (%)", "train s"],
+      [[v, ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r:
+                                                   r["seed"])),
+        _mean_std([r["test_accuracy"] for r in rs], 100),
+        _mean_std([r["train_s"] for r in rs])] for v, rs in by.items()])
+  binary = {v: rs for v, rs in by.items()
+            if all("classification" in r for r in rs)}
+  if binary:
+    keys = ("accuracy", "sensitivity", "specificity", "balanced_accuracy",
+            "f1")
+    lines += ["", "## Binary classification of the evaluated test images "
+              "(clue class positive; percent)", ""]
+    lines += _table(["variant", "n", *keys], [
+        [v, str(rs[0]["classification"]["n"])]
+        + [_mean_std([r["classification"][k] for r in rs], 100)
+           for k in keys] for v, rs in binary.items()])
+  lines += _per_binarization(by, "iou", "IoU", lambda s: s["mean"])
+  lines += _per_binarization(by, "box_capture", "Box-capture sensitivity "
+                             "(App. D.2.4)", lambda s: s["sensitivity"])
+  lines += _per_binarization(by, "truncated_iou", "Truncated IoU "
+                             "(App. D.2.4)", lambda s: s["mean"])
   methods = sorted({m for r in rows for m in r["srg"]})
-  lines += ["", "## SRG (retention 0.5-1, max about 0.5)", "",
-            "| variant | " + " | ".join(methods) + " |",
-            "|---" * (len(methods) + 1) + "|"]
-  for v, rs in by.items():
-    cells = [ms([r["srg"][m]["mean"] for r in rs if m in r["srg"]], 100)
-             for m in methods]
-    lines.append(f"| {v} | " + " | ".join(cells) + " |")
-  lines += ["", "(SRG × 100.)", "", "## LAPs as standalone predictors "
-            "(macro F1 × 100: predictivity / compatibility)", "",
-            "| variant | LAP | predictivity | compatibility |",
-            "|---|---|---|---|"]
-  for v, rs in by.items():
-    for name in rs[0].get("standalone", {}):
-      lines.append(f"| {v} | {name} | " + ms(
-          [r["standalone"][name]["predictivity_f1"] for r in rs], 100)
-          + " | " + ms([r["standalone"][name]["compatibility_f1"]
-                        for r in rs], 100) + " |")
-  with open(os.path.join(OUT, "results.md"), "w") as f:
+  lines += ["", "## SRG × 100 (retention 0.5-1, max about 50)", ""]
+  lines += _table(["variant", *methods], [
+      [v] + [_mean_std([r["srg"][m]["mean"] for r in rs if m in r["srg"]],
+                       100) for m in methods] for v, rs in by.items()])
+  fractions = rows[0]["keep_top_accuracy"]["fractions"]
+  lines += ["", "## Keep-top-k accuracy (percent; Sec. 3.3, Fig. 5: the "
+            "top k % of pixels kept, the rest black, w.r.t. the "
+            "prediction)", ""]
+  lines += _table(["variant", "method", *(f"{100 * f:.0f} %"
+                                          for f in fractions)], [
+      [v, m] + [_mean_std([r["keep_top_accuracy"][m][i] for r in rs
+                           if m in r["keep_top_accuracy"]], 100)
+                for i in range(len(fractions))]
+      for v, rs in by.items() for m in sorted(rs[0]["keep_top_accuracy"])
+      if m != "fractions"])
+  tested = [r for r in rows if "significance" in r]
+  if tested:
+    scores = list(tested[0]["significance"]["scores"])
+    lines += ["", "## `lap` against each method: paired t-test over the "
+              "images (two-sided), per run", "",
+              "Mean difference (lap minus the method; IoU in percentage "
+              "points, SRG × 100) ± its standard error, p-value, pairs.", ""]
+    lines += _table(["variant", "seed", "method", *scores], [
+        [r["variant"], str(r["seed"]), m]
+        + [format_comparison(r["significance"]["scores"][k][m], scale=100)
+           if m in r["significance"]["scores"].get(k, {}) else ""
+           for k in scores]
+        for r in tested for m in sorted({
+            m for k in scores
+            for m in r["significance"]["scores"].get(k, {})})])
+  columns = ("predictivity_f1", "compatibility_f1", "sensitivity",
+             "specificity", "mlp_predictivity_top1",
+             "mlp_compatibility_top1")
+  standalone = [(v, rs) for v, rs in by.items() if "standalone" in rs[0]]
+  if standalone:
+    cols = [k for k in columns if any(k in row for _, rs in standalone
+                                      for row in rs[0]["standalone"].values())]
+    lines += ["", "## LAPs as standalone predictors (App. D.5; percent: "
+              "macro F1 w.r.t. labels / predictions, the binary rates, the "
+              "MLP's top-1)", ""]
+    lines += _table(["variant", "LAP", *cols], [
+        [v, name] + [_mean_std([r["standalone"][name].get(k) for r in rs],
+                               100) for k in cols]
+        for v, rs in standalone for name in rs[0]["standalone"]])
+  out = os.path.splitext(results)[0] + ".md"
+  with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
 
@@ -211,12 +315,15 @@ def main() -> None:
   p.add_argument("--variants", nargs="+", default=list(VARIANTS))
   p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
   p.add_argument("--runs", default=os.path.join(ROOT, "runs", "lap_study"))
+  p.add_argument("--results", default=os.path.join(OUT, "results.jsonl"),
+                 help="the JSON-lines file rows are appended to and "
+                 "--report reads (it writes the .md beside it)")
   p.add_argument("--report", action="store_true")
   p.add_argument("--grad_cam_layer", help="re-score finished runs' "
                  "Grad-CAM at this layer (prints rows, writes nothing)")
   args = p.parse_args()
   if args.report:
-    report()
+    report(args.results)
     return
   if args.grad_cam_layer:
     for seed in args.seeds:
@@ -225,11 +332,12 @@ def main() -> None:
                                           args.runs, args.grad_cam_layer)),
               flush=True)
     return
-  os.makedirs(OUT, exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(args.results)),
+              exist_ok=True)
   for seed in args.seeds:
     for variant in args.variants:
       row = run(variant, seed, args.steps, args.runs)
-      with open(os.path.join(OUT, "results.jsonl"), "a") as f:
+      with open(args.results, "a") as f:
         f.write(json.dumps(row) + "\n")
       print(json.dumps({k: row[k] for k in ("variant", "seed",
                                              "test_accuracy", "train_s")}),
