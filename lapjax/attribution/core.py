@@ -272,15 +272,9 @@ def baseline_images(x: jax.Array, baseline, blur_sigma: float = 5.0, *,
 
 def _pad_to_chunks(items: jax.Array, per_pass: int) -> tuple[jax.Array, int]:
   """``items [n, ...] -> [n_chunks, chunk, ...]`` padded with copies of the
-  first item; returns the padding count too.
-
-  The fewest passes of at most ``per_pass`` items, filled evenly: ``chunk =
-  ceil(n / ceil(n / per_pass))``, so the padding is under one item per pass
-  (49 windows at 16 per pass: 4 passes of 13, not 4 of 16).
-  """
+  first item; returns the padding count too."""
   n = items.shape[0]
-  passes = -(-n // int(per_pass))
-  chunk = -(-n // passes)
+  chunk = min(int(per_pass), n)
   pad = (-n) % chunk
   if pad:
     items = jnp.concatenate([items, jnp.repeat(items[:1], pad, 0)])
