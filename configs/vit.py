@@ -41,6 +41,17 @@ Variants (``configs/vit.py:NAME``):
 
     python train.py --config configs/vit.py:cycle2 --workdir runs/vit2
 
+* ``long``: the same ViT for an accelerator: 6,000 steps of batch 256
+  (1.5 million images, 24 times the first run's), 50,000 training images,
+  a peak of 1e-3 after 500 warm-up steps::
+
+    python train.py --config configs/vit.py:long --workdir runs/vit_long
+
+* ``wide``: ``long`` with a wider, deeper ViT: width 128, 6 blocks of 4
+  heads, MLP width 256 (CAMs at ``block6/norm1``)::
+
+    python train.py --config configs/vit.py:wide --workdir runs/vit_wide
+
 * ``tiny``: 32 x 32 images (a 4 x 4 grid), 2 blocks, 12 steps, a few
   seconds; accuracy near chance: it proves the pipeline, for tests::
 
@@ -64,11 +75,11 @@ METHODS = ("gradient", "input_x_gradient", "integrated_gradients",
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The clue ViT config; ``arg`` is None, 'restart', 'cycle2' or
-  'tiny'."""
-  if arg not in (None, "restart", "cycle2", "tiny"):
+  """The clue ViT config; ``arg`` is None, 'restart', 'cycle2', 'long',
+  'wide' or 'tiny'."""
+  if arg not in (None, "restart", "cycle2", "long", "wide", "tiny"):
     raise ValueError(f"unknown config variant {arg!r}; use 'restart', "
-                     "'cycle2' or 'tiny'")
+                     "'cycle2', 'long', 'wide' or 'tiny'")
   c = base_config()
   c.model.name = "vit"
   c.model.kwargs = ml_collections.ConfigDict({
@@ -103,6 +114,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 50
     c.checkpoint_every = 250
     c.log_every = 25
+  if arg in ("long", "wide"):
+    c.data.num_train = 50_000
+    c.batch_size = 256
+    c.num_steps = 6_000
+    c.optimizer.warmup_steps = 500
+    c.checkpoint_every = 1_000
+    c.log_every = 100
+  if arg == "wide":
+    c.model.kwargs.update({"embed_dim": 128, "depth": 6, "mlp_dim": 256})
+    c.evaluation.layer = "block6/norm1"
   if arg == "tiny":
     default.shrink_to_tiny(c)
     c.model.kwargs.embed_dim = 16
