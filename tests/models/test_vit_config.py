@@ -8,7 +8,7 @@ from lapjax.evaluation.evaluate import check_method_names
 from lapjax.evaluation.methods import transformer_methods
 from lapjax.train.config import base_config, validate
 
-VARIANTS = (None, "restart", "cycle2", "tiny")
+VARIANTS = (None, "restart", "cycle2", "long", "wide", "tiny")
 GUIDED = ("guided_backprop", "guided_grad_cam")
 
 
