@@ -16,10 +16,12 @@ CPU time (``time.process_time`` of the worker, all its threads: the work
 done, far less sensitive to a loaded machine). The PyTorch worker runs
 with ``OMP_WAIT_POLICY=PASSIVE`` (``--omp-wait-policy``): on a shared
 machine OpenMP's spinning threads made PyTorch 10-40x slower.
-``--xla-flags`` adds lapjax workers with other ``XLA_FLAGS``, timed in the
-same rounds. ``--torch-python none``: lapjax alone (random weights) with
-its floors; ``--device cuda``: PyTorch on the GPU (lapjax uses JAX's
-default backend). ``--batch`` overrides the model's batch size.
+``--xla-flags`` adds lapjax workers with other ``XLA_FLAGS``, and
+``--lapjax-tree`` workers that import lapjax from another source tree (a
+before/after comparison: ``git archive <commit> lapjax | tar -x -C DIR``),
+timed in the same rounds. ``--torch-python none``: lapjax alone (random
+weights) with its floors; ``--device cuda``: PyTorch on the GPU (lapjax
+uses JAX's default backend). ``--batch`` overrides the model's batch size.
 Prints one JSON line per method and a Markdown table, and each timed call
 to stderr as it comes (``vs_pytorch_call``: progress on a slow machine).
 
@@ -106,6 +108,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_PYTHON = os.environ.get("LAPJAX_TORCH_PYTHON",
                               "/work/torchvenv/bin/python")
+TREE_ENV = "VS_PYTORCH_LAPJAX_TREE"  # where a lapjax worker imports from
 
 # model -> image size, classes, batch, images per pass, CAM layer (lapjax),
 # occlusion window, RISE masks.
@@ -410,7 +413,7 @@ def _torch_rise(net, x, t, s):
 # lapjax worker.
 
 def _lapjax_worker() -> None:
-  sys.path.insert(0, ROOT)
+  sys.path.insert(0, os.environ.get(TREE_ENV, ROOT))
   state = {}
 
   def setup(model: str, directory: str, batch: int) -> dict:
@@ -469,7 +472,9 @@ def _lapjax_worker() -> None:
       fns["score_cam"] = lambda: attr.score_cam(clf, x, t, layer=layer,
                                                 chunk_size=p)
     state["time"] = _timer(fns, jax.block_until_ready)
-    return {"jax": jax.__version__, "logit_max_abs_diff": diff,
+    return {"jax": jax.__version__, "lapjax_from": os.path.dirname(
+                os.path.dirname(attr.__file__)),
+            "logit_max_abs_diff": diff,
             "logit_max_abs": float(np.abs(logits).max()),
             "same_top1": (None if reference is None else bool(
                 (logits.argmax(-1) == reference.argmax(-1)).all())),
@@ -575,6 +580,10 @@ def main() -> None:
                       "timed in the same rounds (repeatable), e.g. "
                       "--xla_cpu_experimental_ynn_fusion_type="
                       "LIBRARY_FUSION_TYPE_DOT")
+  parser.add_argument("--lapjax-tree", action="append", default=[],
+                      help="an extra lapjax worker importing lapjax from "
+                      "this directory (holding lapjax/), timed in the same "
+                      "rounds (repeatable): before/after a change")
   parser.add_argument("--log-dir", default=None,
                       help="where the workers' stderr goes (default: a "
                       "temporary directory)")
@@ -589,8 +598,13 @@ def main() -> None:
     s["batch"] = args.batch
   methods = [m for m in args.methods.split(",") if m]
   with_torch = args.torch_python != "none"
-  sides = ["torch"] * with_torch + ["lapjax", *(
-      f"lapjax+flags{i}" for i in range(len(args.xla_flags)))]
+  # Extra lapjax workers: (side, environment, what differs).
+  extras = [(f"lapjax+flags{i}", {"XLA_FLAGS": f}, f"XLA_FLAGS={f}")
+            for i, f in enumerate(args.xla_flags)]
+  extras += [(f"lapjax+tree{i}", {TREE_ENV: os.path.abspath(d)},
+              f"lapjax from {os.path.abspath(d)}")
+             for i, d in enumerate(args.lapjax_tree)]
+  sides = ["torch"] * with_torch + ["lapjax", *(e[0] for e in extras)]
   with tempfile.TemporaryDirectory() as directory:
     logs = args.log_dir or directory
     workers, info = {}, {}
@@ -606,17 +620,18 @@ def main() -> None:
     else:
       _random_input(args.model, directory, s["batch"])
     lapjax_sides = sides[1:] if with_torch else sides
-    for side, flags in zip(lapjax_sides, [None, *args.xla_flags]):
+    for side, env in zip(lapjax_sides, [None, *(e[1] for e in extras)]):
       workers[side] = Worker(sys.executable, "lapjax",
                              os.path.join(logs, f"{side}_worker.log"),
-                             env=None if flags is None
-                             else {"XLA_FLAGS": flags})
+                             env=env)
       check = workers[side].call("setup", model=args.model,
                                  directory=directory, batch=s["batch"])
       if "error" in check:
         raise SystemExit(f"{side} worker: {check['error']}")
       print(json.dumps({"benchmark": "vs_pytorch_setup", "side": side,
-                        "xla_flags": flags, "model": args.model, **s,
+                        "xla_flags": (env or {}).get("XLA_FLAGS"),
+                        "lapjax_tree": (env or {}).get(TREE_ENV),
+                        "model": args.model, **s,
                         "omp_wait_policy": args.omp_wait_policy if with_torch
                         else None, **info, **check}), flush=True)
     units = {_images_through_model(m, s) for m in methods}
@@ -661,9 +676,9 @@ def main() -> None:
                                            med_cpu["lapjax"]),
            "lapjax_floor_s": floor,
            "lapjax_over_floor": _ratio(med["lapjax"], floor)}
-    for i in range(len(args.xla_flags)):
-      side = f"lapjax+flags{i}"
+    for side, _, _ in extras:
       row[f"{side}_s"] = med[side]
+      row[f"{side}_cpu_s"] = med_cpu[side]
       row[f"{side}_over_lapjax"] = _ratio(med[side], med["lapjax"])
     for side in sides:
       if (side, m) in missing:
@@ -674,7 +689,7 @@ def main() -> None:
                     **{f"{side}:{name}": round(_median(ts), 4)
                        for (side, name), ts in times.items()
                        if name.startswith("floor_") and ts}}), flush=True)
-  _table(rows, args.xla_flags)
+  _table(rows, extras)
 
 
 def _fmt(v: float | None, unit: str = " s") -> str:
@@ -683,22 +698,21 @@ def _fmt(v: float | None, unit: str = " s") -> str:
   return f"{v:.3g}{unit}" if v < 10 else f"{v:.1f}{unit}"
 
 
-def _table(rows: list, xla_flags: list) -> None:
-  extra = "".join(f" | lapjax + flags {i} / lapjax"
-                  for i in range(len(xla_flags)))
+def _table(rows: list, extras: list) -> None:
+  extra = "".join(f" | {side} / lapjax" for side, _, _ in extras)
   print("\n| method | PyTorch | lapjax | PyTorch / lapjax | same, CPU time "
         f"| lapjax floor | lapjax / floor{extra} |\n|---|---|---|---|---|---"
-        "|---|" + "---|" * len(xla_flags))
+        "|---|" + "---|" * len(extras))
   for r in rows:
-    flags = "".join(f" | {_fmt(r[f'lapjax+flags{i}_over_lapjax'], '')}"
-                    for i in range(len(xla_flags)))
+    flags = "".join(f" | {_fmt(r[f'{side}_over_lapjax'], '')}"
+                    for side, _, _ in extras)
     print(f"| {r['method']} | {_fmt(r['torch_s'])} | {_fmt(r['lapjax_s'])} "
           f"| {_fmt(r['torch_over_lapjax'], '')} "
           f"| {_fmt(r['torch_over_lapjax_cpu'], '')} "
           f"| {_fmt(r['lapjax_floor_s'])} "
           f"| {_fmt(r['lapjax_over_floor'], '')}{flags} |")
-  for i, flags in enumerate(xla_flags):
-    print(f"\nflags {i}: XLA_FLAGS={flags}")
+  for side, _, what in extras:
+    print(f"\n{side}: {what}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,18 @@ def _scores(classifier: Classifier, xs: jax.Array, cotangents: jax.Array,
                         cotangents.shape[0], -1)
 
 
+def _even_per_pass(n: int, per_pass: int) -> int:
+  """Items per pass that fill the fewest passes evenly.
+
+  ``n`` items in ``passes = ceil(n / per_pass)`` passes of ``ceil(n /
+  passes) <= per_pass`` items: fewer than ``passes`` padded items in all,
+  where full passes of ``per_pass`` pad up to ``per_pass - 1`` (49 windows
+  at 16 per pass: 4 passes of 13, 3 padded, instead of 4 of 16, 15 padded).
+  """
+  passes = -(-n // per_pass)
+  return -(-n // passes)
+
+
 @compiled
 def occlusion(classifier: Classifier, x: jax.Array, targets, *,
               window: tuple[int, int] = (8, 8),
@@ -59,7 +71,9 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
       an array broadcast to ``x``, or ``'blur'`` (``x`` Gaussian-blurred
       with ``blur_sigma``; ``core.baseline_images``).
     score: ``'logit'`` or ``'prob'``.
-    chunk_size: images per forward pass.
+    chunk_size: at most this many images per forward pass; the windows
+      fill the fewest such passes evenly (``_even_per_pass``), so that
+      little of the last pass is padding.
 
   Returns:
     ``[B, H, W]`` (or ``[B, C', H, W]``), signed.
@@ -98,8 +112,8 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
     d = base[:, None] - s                                       # [C', n, B]
     return jnp.einsum("cnb,nhw->ncbhw", d, m)
 
-  total = core.chunked_sum(drops, pos, jnp.ones(len(pos)),
-                           core.points_per_pass(chunk_size, b))
+  per_pass = _even_per_pass(len(pos), core.points_per_pass(chunk_size, b))
+  total = core.chunked_sum(drops, pos, jnp.ones(len(pos)), per_pass)
   coverage = jax.vmap(window_mask)(pos).sum(0)
   return core.finish(total / coverage, t)
 

@@ -1,5 +1,7 @@
 """Occlusion and RISE against closed forms; RELAX basics."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,91 @@ def test_occlusion_coverage_normalisation_matches_a_loop():
       total[:, y:y + 3, x:x + 4] += drop[:, None, None]
       cover[y:y + 3, x:x + 4] += 1
   np.testing.assert_allclose(got, total / cover, rtol=1e-4, atol=1e-5)
+
+
+def _occlusion_by_window(model, v, x, targets, window, stride, fill, score):
+  """Occlusion one window at a time, straight from its definition."""
+  h, w = x.shape[1:3]
+  (wh, ww), (sh, sw) = window, stride
+
+  apply = jax.jit(model.apply)
+
+  def scores(images):
+    logits = apply(v, images)
+    if score == "prob":
+      logits = jax.nn.softmax(logits)
+    return np.asarray(logits)[np.arange(len(targets)), targets]
+
+  base = scores(x)
+  total = np.zeros(x.shape[:3])
+  cover = np.zeros((h, w))
+  for y in sorted(set(range(0, h - wh + 1, sh)) | {h - wh}):
+    for xx in sorted(set(range(0, w - ww + 1, sw)) | {w - ww}):
+      occluded = x.at[:, y:y + wh, xx:xx + ww].set(fill)
+      drop = base - scores(occluded)
+      total[:, y:y + wh, xx:xx + ww] += drop[:, None, None]
+      cover[y:y + wh, xx:xx + ww] += 1
+  return total / cover
+
+
+# 20 windows (4 rows x 5 columns) on 12 x 20 images, batch 2: chunk_size 16
+# runs 3 passes of 7 windows (1 padded), 6 runs 7 passes of 3 (1 padded), 40
+# one pass of 20, 1 one window per pass (a batch larger than chunk_size).
+@pytest.mark.parametrize("chunk_size, score", [
+    (16, "logit"), (6, "prob"), (40, "logit"), (1, "logit")])
+def test_occlusion_matches_a_window_by_window_loop_on_a_cnn(chunk_size,
+                                                            score):
+  model, v, x = small_cnn(shape=(2, 12, 20, 3))
+  t = np.array([1, 3])
+  kw = dict(window=(5, 6), stride=(3, 4), fill=0.3, score=score)
+  got = attr.occlusion(from_flax(model, v, layers=()), x, jnp.asarray(t),
+                       chunk_size=chunk_size, **kw)
+  want = _occlusion_by_window(model, v, x, t, **kw)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def _counting_classifier(model, v, seen):
+  """``from_flax(model, v)`` that appends each evaluated batch's size to
+  ``seen`` when it runs (inside ``lax.scan`` too)."""
+  clf = from_flax(model, v, layers=())
+
+  def apply(xs, deltas=None):
+    jax.debug.callback(lambda n: seen.append(int(n)), xs.shape[0])
+    return clf.apply(xs, deltas)
+  return clf._replace(apply=apply)
+
+
+@pytest.mark.parametrize("chunk_size", [16, 6, 5])
+def test_occlusion_passes_are_full_but_for_less_than_one_window_each(
+    chunk_size):
+  model, v, x = small_cnn(shape=(2, 12, 20, 3))
+  windows, b = 20, 2                      # window (5, 6), stride (3, 4)
+  seen = []
+  clf = _counting_classifier(model, v, seen)
+  for _ in range(2):          # the first call also runs the input checks
+    seen.clear()
+    attr.occlusion(clf, x, jnp.array([1, 3]), window=(5, 6), stride=(3, 4),
+                   chunk_size=chunk_size)
+    jax.effects_barrier()
+  passes = list(seen)
+  passes.remove(b)                        # the unoccluded batch
+  assert max(passes) <= chunk_size
+  # As few passes as chunk_size allows, padded by less than a window each.
+  assert len(passes) == math.ceil(windows / (chunk_size // b))
+  assert windows * b <= sum(passes) < (windows + len(passes)) * b
+
+
+def test_occlusion_is_the_same_jitted_and_not_jitted():
+  model, v, x = small_cnn(shape=(2, 12, 20, 3))
+  clf, t = from_flax(model, v, layers=()), jnp.array([1, 3])
+  # 3 windows, 2 per pass: 2 passes, the second padded.
+  kw = dict(window=(12, 8), stride=(12, 6), fill=0.3, chunk_size=4)
+  eager = attr.occlusion(clf, x, t, **kw)
+  jitted = jax.jit(lambda x: attr.occlusion(clf, x, t, **kw))(x)
+  with jax.disable_jit():
+    plain = attr.occlusion(clf, x, t, **kw)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(plain, eager, rtol=1e-5, atol=1e-7)
 
 
 def test_rise_recovers_the_region_a_model_sums():
