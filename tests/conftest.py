@@ -17,6 +17,7 @@ every resume test's subprocess) is read back instead of recompiled. The
 cache key holds XLA's options, so the two modes never share a program.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -96,6 +97,26 @@ def xla_mode(request):
   yield
 
 
+@contextlib.contextmanager
+def _optimised_mode():
+  """XLA's optimisations on inside (as users run); the mode before after."""
+  fast = _fast
+  _set_fast_mode(False)
+  try:
+    yield
+  finally:
+    _set_fast_mode(fast)
+
+
+@pytest.fixture(scope="session")
+def optimised_mode():
+  """``with optimised_mode():`` runs with XLA's optimisations on, as users
+  run: for session fixtures, whose values must not depend on the mode of
+  the module that first asks for them (XLA:CPU's two modes round some
+  programs differently, random initialisations included)."""
+  return _optimised_mode
+
+
 
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory):
@@ -114,12 +135,10 @@ def tiny_run_dir(tmp_path_factory):
   shared = root / "tiny-run"
   with filelock.FileLock(f"{shared}.lock"):
     if not shared.exists():
-      fast = _fast
-      _set_fast_mode(False)
       partial = root / "tiny-run-partial"
       shutil.rmtree(partial, ignore_errors=True)
-      train_and_evaluate(default.get_config("tiny"), str(partial),
-                         progress=False)
+      with _optimised_mode():
+        train_and_evaluate(default.get_config("tiny"), str(partial),
+                           progress=False)
       partial.rename(shared)
-      _set_fast_mode(fast)
   return shared

@@ -23,8 +23,12 @@ import numpy as np
 from lapjax import attribution as attr
 from lapjax import from_flax, lap, viz
 from lapjax.data import sources
-from lapjax.evaluation import explanations, maps_on_disk, streaming
-from lapjax.evaluation.lap_report import lap_evaluation
+from lapjax.evaluation import (
+  explanations,
+  lap_report,
+  maps_on_disk,
+  streaming,
+)
 from lapjax.evaluation.methods import method_classifiers, standard_methods
 from lapjax.evaluation.report import write_report
 from lapjax.evaluation.saliency_report import stream_saliency
@@ -93,6 +97,7 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
   settings = {"split": split, "step": int(state.step),
               "model": config.model.to_dict(), "data": config.data.to_dict(),
               "evaluation": config.evaluation.to_dict(),
+              "lap": config.lap.to_dict(),
               "explained_images": n if explained else 0,
               "eval_batch_size": config.eval_batch_size}
   run_state = streaming.EvaluationState(
@@ -109,10 +114,15 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
                       if "boxes" in first and (
                           config.explain_loss.type != "cross_entropy"
                           or e.saliency_report) else [])
+  lap_section = explained and (config.lap.mode != "off" or e.lap_report)
+  lap_batches = (lap_report.section_batches(e, source.num_examples)
+                 if lap_section else [])
   done = sum(run_state.next_batch.get(phase, 0) for phase in
-             ("classification", "explanations", "saliency"))
+             ("classification", "explanations", "saliency",
+              lap_report.PHASE))
   bar = streaming.Progress(len(class_batches) + len(explain_batches)
-                           + len(saliency_batches), done, enabled=progress)
+                           + len(saliency_batches) + len(lap_batches), done,
+                           enabled=progress)
   _classify(run_state, model, variables, source, class_batches, mesh,
             config.eval_batch_size, info["num_classes"], bar,
             save_every=e.save_every)
@@ -142,12 +152,13 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str, *,
                                   mesh, bar)
     report["figures"] += section.pop("figures")
     report.update(section)
-    if config.lap.mode != "off" or config.evaluation.lap_report:
+    if lap_section:
       val, _ = sources.make_source(config.data, "validation")
-      report["lap"] = lap_evaluation(
+      report["lap"] = lap_report.lap_evaluation(
           config, model, variables, source, val,
           lap_layers=lap_map_layers(config), membership=dc_membership(info),
-          key=jax.random.key(config.evaluation.seed))
+          key=jax.random.key(config.evaluation.seed), mesh=mesh,
+          state=run_state, progress=bar)
   if saliency_batches:
     layer = config.explain_loss.layer
     report["saliency"] = stream_saliency(

@@ -34,6 +34,19 @@ predicted (= true) class, for every configured method and every LAP map:
   accuracy, sensitivity, specificity, balanced accuracy and F1 on the
   evaluated test images (App. D.2.1, Tab. 6), and each standalone LAP's
   sensitivity and specificity.
+
+The section streams like the rest of the evaluation
+(``lapjax.evaluation.streaming``): the test images (``lap_images``, up to
+the whole split) and the validation images come ``batch_size`` at a time,
+the last batch padded with a validity mask, each batch sharded on the
+mesh's ``data`` axis (every device of every process; each process loads
+its slice). The per-image numbers of a batch (a few per method: the paired
+t-tests need them, so no running sums) come back replicated, so every
+process builds the same report; no test map is kept. In the streaming
+evaluator the test batches are the resumable phase ``PHASE``: the numbers
+so far, the learned thresholds and the validation features are saved with
+the evaluation state every ``save_every`` batches, and a killed evaluation
+resumes to the report of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -45,28 +58,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from lapjax import metrics
-from lapjax.attribution import core, postprocess
+from lapjax.attribution import postprocess
+from lapjax.attribution.checks import jit_checked
 from lapjax.attribution.lap_maps import dc_maps
 from lapjax.classifier import Classifier, from_flax
-from lapjax.evaluation import explanations
+from lapjax.evaluation import streaming
 from lapjax.evaluation.methods import method_classifiers, standard_methods
 from lapjax.lap.dcs import DCSystem, dc_system
 from lapjax.metrics import nan_summary
 from lapjax.metrics.binary_classification import binary_summary
 from lapjax.metrics.significance import format_comparison, paired_t_test
+from lapjax.train import sharding
 
 BINARIZATIONS = ("mu_sigma", "top_k_gt", "learned", "lap_0.5")
 BASELINE_METHODS = ("gradient", "input_x_gradient", "integrated_gradients",
                     "guided_backprop", "grad_cam", "guided_grad_cam",
                     "lrp", "deeplift", "relevance_cam")
+# The section's phase in the streaming evaluator (its resumable batches).
+PHASE = "lap"
+
+
+def section_batches(evaluation, num_examples: int) -> list[tuple[int, int]]:
+  """``(start, stop)`` of the section's global test batches: the first
+  ``evaluation.lap_images`` of ``num_examples`` images,
+  ``evaluation.batch_size`` a batch (the last padded)."""
+  return streaming.batch_slices(min(evaluation.lap_images, num_examples),
+                                evaluation.batch_size)
 
 
 def _correct_clue_images(clf: Classifier, batch: dict, dcs: DCSystem
                          ) -> tuple[np.ndarray, np.ndarray]:
-  """Indices of clue images classified correctly, and all predictions."""
-  pred = np.asarray(jax.jit(lambda x: core.chunked_map(
-      lambda xs: clf.apply(xs)[0].argmax(-1), x, 128))(
-          jnp.asarray(batch["image"])))
+  """Indices of clue images classified correctly, and all predictions.
+
+  ``batch`` holds ``label`` and ``mask`` of every image and either
+  ``prediction`` (``[B]`` the model's classes, computed by the caller) or
+  ``image`` (then ``clf`` predicts here).
+  """
+  pred = batch.get("prediction")
+  if pred is None:
+    pred = jax.jit(lambda x: clf.apply(x)[0].argmax(-1))(
+        jnp.asarray(batch["image"]))
+  pred = np.asarray(pred)
   clue = batch["label"] != (-1 if dcs.bgo is None else dcs.bgo)
   keep = np.flatnonzero(clue & (pred == batch["label"])
                         & batch["mask"].any(axis=(1, 2)))
@@ -79,6 +111,19 @@ def binary_positive_class(dcs: DCSystem) -> int | None:
   if dcs.num_classes != 2 or dcs.bgo is None:
     return None
   return 1 - dcs.bgo
+
+
+def _box_values(maps: jax.Array, binary: dict[str, jax.Array],
+                boxes: jax.Array, boxes_valid: jax.Array
+                ) -> dict[str, dict[str, jax.Array]]:
+  """``box_scores`` as JAX arrays (jittable)."""
+  out = {}
+  for b, v in binary.items():
+    c = metrics.box_capture(v, boxes, boxes_valid)
+    out[b] = {"n_captured": c["n_captured"], "n_boxes": c["n_boxes"],
+              "truncated_iou": metrics.truncated_iou(maps, v, boxes,
+                                                     boxes_valid)}
+  return out
 
 
 def box_scores(maps: jax.Array, binary: dict[str, jax.Array],
@@ -97,14 +142,8 @@ def box_scores(maps: jax.Array, binary: dict[str, jax.Array],
     'truncated_iou': [B]}``; ``pooled_capture`` of the counts summed over
     images is the box-capture sensitivity.
   """
-  out = {}
-  for b, v in binary.items():
-    c = metrics.box_capture(v, boxes, boxes_valid)
-    out[b] = {"n_captured": np.asarray(c["n_captured"]),
-              "n_boxes": np.asarray(c["n_boxes"]),
-              "truncated_iou": np.asarray(metrics.truncated_iou(
-                  maps, v, boxes, boxes_valid))}
-  return out
+  return jax.tree.map(np.asarray,
+                      _box_values(maps, binary, boxes, boxes_valid))
 
 
 def pooled_capture(n_captured: int, n_boxes: int) -> dict[str, float | int]:
@@ -141,44 +180,223 @@ def paired_comparisons(per_image: dict[str, dict[str, np.ndarray]], *,
   return out
 
 
+def standalone_classes(peaks: np.ndarray, dcs: DCSystem) -> np.ndarray:
+  """``[B]`` classes one LAP predicts from the peaks ``[B, M]`` (the
+  maximum over the pixels) of its ``M`` DC maps (App. D.5.1): a DC is
+  detected when its peak exceeds 0.5; the class is that of the detected DC
+  with the highest peak (its first DC+ class), the BGO class when none is
+  detected (without BGO: the best DC's class regardless)."""
+  peaks = np.asarray(peaks)
+  best_dc = peaks.argmax(-1)
+  detected = peaks.max(-1) > 0.5
+  dc_class = (dcs.membership == 1).argmax(-1)             # first DC+ class
+  if dcs.bgo is None:
+    return dc_class[best_dc]
+  return np.where(detected, dc_class[best_dc], dcs.bgo)
+
+
 def standalone_predictions(maps: list[np.ndarray], dcs: DCSystem
                            ) -> list[np.ndarray]:
-  """Per LAP, ``[B]`` classes predicted from its maps alone (App. D.5.1)."""
-  out = []
-  for m in maps:
-    peak = np.asarray(m).max(axis=(1, 2))                   # [B, M]
-    best_dc = peak.argmax(-1)
-    detected = peak.max(-1) > 0.5
-    dc_class = (dcs.membership == 1).argmax(-1)             # first DC+ class
-    if dcs.bgo is None:                   # no BGO: the best DC regardless
-      out.append(dc_class[best_dc])
-    else:
-      out.append(np.where(detected, dc_class[best_dc], dcs.bgo))
-  return out
+  """Per LAP, ``[B]`` classes predicted from its maps ``[B, h, w, M]``
+  alone (App. D.5.1, ``standalone_classes``)."""
+  return [standalone_classes(np.asarray(m).max(axis=(1, 2)), dcs)
+          for m in maps]
 
 
-def _padded(indices: np.ndarray, size: int) -> np.ndarray:
-  """``indices`` extended to ``size`` by repeating its last entry: every
-  batch has one shape (one compilation); the repeats are dropped."""
-  return np.concatenate([indices, np.full(size - len(indices), indices[-1])])
+def _binarized(maps: jax.Array, masks: jax.Array, threshold: float | None,
+               *, lap: bool) -> dict[str, jax.Array]:
+  """The maps binarised as App. D.2.2 (``learned`` with a ``threshold``,
+  ``lap_0.5`` for LAP maps)."""
+  binary = {"mu_sigma": postprocess.binarize_mean_std(maps),
+            "top_k_gt": postprocess.binarize_top_count(
+                maps, masks.sum(axis=(1, 2)))}
+  if threshold is not None:
+    binary["learned"] = metrics.binarize_learned(maps, threshold)
+  if lap:
+    binary["lap_0.5"] = maps > 0.5
+  return binary
+
+
+def _map_functions(methods: dict, clfs: dict, mesh: jax.sharding.Mesh
+                   ) -> dict[str, Any]:
+  """Per method, ``jit_checked`` ``(images, labels) -> (maps, finite)``:
+  the positive part of its maps ``[B, H, W]`` (sharded as the batch) and
+  ``[B]`` whether each map is finite (replicated)."""
+  def make(m):
+    def fn(x, t):
+      maps = m.fn(clfs[m.classifier], x, t, **m.kwargs)
+      finite = jnp.isfinite(maps).all(axis=(1, 2))
+      return jnp.maximum(maps, 0), streaming.replicate(finite, mesh)
+    return jit_checked(fn)
+  return {name: make(m) for name, m in methods.items()}
+
+
+def _score_function(clf: Classifier, mesh: jax.sharding.Mesh, *,
+                    threshold: float | None, lap: bool) -> Any:
+  """Jitted ``(images, maps, targets, masks, boxes, boxes_valid) ->
+  {score: [B] or [B, S]}`` of one method's positive maps, every image of
+  the batch, replicated: IoU per binarisation, with boxes (not None) the
+  box counts and truncated IoU per binarisation, SRG and keep-top-k
+  accuracy (w.r.t. ``targets``)."""
+  def scores(x, maps, targets, masks, boxes, boxes_valid):
+    binary = _binarized(maps, masks, threshold, lap=lap)
+    out = {f"iou/{b}": metrics.iou(v, masks) for b, v in binary.items()}
+    if boxes is not None:
+      for b, s in _box_values(maps, binary, boxes, boxes_valid).items():
+        out.update({f"{k}/{b}": v for k, v in s.items()})
+    # The metrics chunk their forward passes (chunk_size) themselves.
+    out["srg"] = metrics.srg(clf, x, maps, targets)["srg"]
+    out["keep_top"] = metrics.keep_top_accuracy(clf, x, maps, targets)
+    return streaming.replicate(out, mesh)
+  return jax.jit(scores)
+
+
+def _lap_function(clf: Classifier, layers: tuple[str, ...],
+                  mesh: jax.sharding.Mesh, *, with_maps: bool) -> Any:
+  """Jitted ``images -> [(peaks [B, M], maps [B, h, w, M] or None) per
+  LAP]``, replicated: the peak of each DC map (``standalone_classes``) and,
+  ``with_maps``, the DC maps themselves (``_size_features``)."""
+  def outputs(x):
+    return streaming.replicate(
+        [(o.max(axis=(1, 2)), o if with_maps else None)
+         for o in dc_maps(clf, x, layers=layers)[1]], mesh)
+  return jax.jit(outputs)
+
+
+def _size_features(maps: np.ndarray) -> np.ndarray:
+  """``metrics.dc_size_features`` ``[B, M]`` of DC maps ``[B, h, w, M]``,
+  summed on the host in float64: the same numbers however the batch was
+  split over devices (a float32 sum on the mesh differs in its last bits
+  with the split, and the App. D.5.2 predictor's training amplifies
+  that)."""
+  return np.asarray(maps, np.float64).sum(axis=(1, 2)).astype(np.float32)
+
+
+def _extend(arrays: dict[str, np.ndarray], name: str,
+            rows: np.ndarray) -> None:
+  """Appends ``rows`` to ``arrays[name]`` (the state's per-image values)."""
+  rows = np.asarray(rows)
+  old = arrays.get(name)
+  arrays[name] = rows if old is None else np.concatenate([old, rows])
+
+
+def _this_process(rows: np.ndarray, batch_size: int) -> np.ndarray:
+  """This process's slice of a global batch's rows (as
+  ``streaming.local_indices``)."""
+  per = batch_size // jax.process_count()
+  p = jax.process_index()
+  return rows[p * per:(p + 1) * per]
+
+
+def _checked_maps(fn, x, labels, rows: np.ndarray, where: str,
+                  first: int) -> jax.Array:
+  """``fn(x, labels)``'s maps; raises ValueError naming ``where`` when a
+  method's input check fails, and the images (index ``first`` + row) when
+  the map of one of ``rows`` (the batch rows that count) is not finite."""
+  try:
+    maps, finite = fn(x, labels)
+  except ValueError as err:
+    raise ValueError(f"{where}: {err}") from err
+  bad = rows[~np.asarray(finite)[rows]]
+  if len(bad):
+    raise ValueError(
+        f"{where}: maps must be finite; got NaN or inf in the maps of "
+        f"images {(first + bad[:8]).tolist()} (is the model's output "
+        "finite on them?)")
+  return maps
+
+
+def _validation(arrays: dict[str, np.ndarray], source, clf, predict,
+                map_fns: dict, lap_fn, mesh, *, num_images: int,
+                batch_size: int, dcs: DCSystem, features: bool) -> None:
+  """The validation side, into ``arrays`` (``lap/val/...``): every image's
+  label, with ``features`` each LAP's DC-size features (the App. D.5.2
+  predictor's training set), the count of correctly classified clue
+  images and each method's learned threshold (App. D.2.2) on their
+  positive maps (or why there is none). Batches of ``batch_size`` on the
+  mesh, as the test images."""
+  masks_kept, labels_all = [], []
+  maps_kept: dict[str, list] = {name: [] for name in map_fns}
+  feats: dict[int, list] = {}
+  for start, stop in streaming.batch_slices(num_images, batch_size):
+    idx, valid = streaming.local_indices(start, stop, batch_size)
+    batch = source.get(idx)
+    x = streaming.mesh_inputs(mesh, image=batch["image"],
+                              label=batch["label"].astype(np.int32))
+    ok = streaming.gather(valid).astype(bool)
+    labels, masks = (streaming.gather(batch[k]) for k in ("label", "mask"))
+    keep, _ = _correct_clue_images(
+        clf, {"label": labels, "mask": masks,
+              "prediction": predict(x["image"])}, dcs)
+    keep = keep[ok[keep]]
+    labels_all.append(labels[ok])
+    if features:
+      for i, (_, maps) in enumerate(jax.device_get(lap_fn(x["image"]))):
+        feats.setdefault(i, []).append(_size_features(maps)[ok])
+    if not len(keep):
+      continue
+    masks_kept.append(masks[keep])
+    for name, fn in map_fns.items():
+      maps = _checked_maps(fn, x["image"], x["label"], keep,
+                           f"method {name!r}, validation images {start} to "
+                           f"{stop - 1}", start)
+      maps_kept[name].append(streaming.gather(maps)[keep])
+  arrays["lap/val/labels"] = (np.concatenate(labels_all) if labels_all
+                              else np.zeros(0, np.int64))
+  for i, f in feats.items():
+    arrays[f"lap/val/features/{i}"] = np.concatenate(f)
+  arrays["lap/val/kept"] = np.asarray(sum(len(m) for m in masks_kept))
+  for name, parts in maps_kept.items():
+    threshold: float | str = ("no correctly classified validation clue "
+                              "image")
+    if parts:
+      try:
+        threshold = metrics.learned_threshold(np.concatenate(parts),
+                                              np.concatenate(masks_kept))
+      except ValueError as err:   # the map does not separate the pixels
+        threshold = str(err)
+    arrays[f"lap/val/threshold/{name}"] = np.asarray(threshold)
+
+
+def _threshold(saved: np.ndarray) -> float | str:
+  """A learned threshold from the state (a float, or why there is none)."""
+  return str(saved) if saved.dtype.kind == "U" else float(saved)
 
 
 def lap_evaluation(config, model, variables, test_source, val_source, *,
                    lap_layers: tuple[str, ...], membership,
-                   key: jax.Array) -> dict[str, Any]:
+                   key: jax.Array, mesh: jax.sharding.Mesh | None = None,
+                   state: streaming.EvaluationState | None = None,
+                   progress: streaming.Progress | None = None
+                   ) -> dict[str, Any]:
   """The LAP paper's tables for one trained run (see the module doc).
 
   Uses ``config.evaluation``: ``layer`` (CAM layer), ``methods`` (those of
   ``BASELINE_METHODS`` and ``'lap'`` are scored), ``lap_images`` test and
-  ``lap_val_images`` validation images, ``ig_steps``, ``batch_size``.
+  ``lap_val_images`` validation images, ``ig_steps``, ``batch_size`` (a
+  multiple of the mesh's devices), ``save_every``.
 
-  The test images stream ``batch_size`` at a time (the last batch padded,
-  so one compilation), keeping only a few numbers per image (for the
-  paired tests) and no maps: ``lap_images`` may be the whole split at
-  constant memory. The validation images (the learned thresholds and the
-  App. D.5.2 predictor's training set) are explained at once.
+  The images stream ``batch_size`` at a time (the last batch padded, so
+  one compilation), each batch sharded on the ``data`` axis of ``mesh``
+  (default: every device of every process; each process loads its slice),
+  keeping only a few numbers per image (for the paired tests) and no test
+  maps: ``lap_images`` may be the whole split. The per-image numbers come
+  back replicated, so every process builds the same report. With
+  ``state`` (the streaming evaluator's) the test batches are its phase
+  ``PHASE``: the numbers so far are saved with it every ``save_every``
+  batches and a resumed evaluation continues where it stopped, with the
+  report of an uninterrupted one; ``progress`` counts the batches.
+
+  Raises:
+    ValueError: a ``batch_size`` the devices do not divide, a method's
+      input check, or a map that is not finite (the method and the images
+      are named).
   """
   e = config.evaluation
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  sharding.check_batch_size(e.batch_size, mesh,
+                            name="evaluation.batch_size")
+  variables = sharding.put_replicated(variables, mesh)
   dcs = dc_system(membership)
   clf = from_flax(model, variables, layers=[e.layer, *lap_layers])
   table = standard_methods(e.layer, key=key, image_size=1,  # no occlusion
@@ -188,97 +406,106 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
   methods = {m: table[m] for m in wanted}
   if lap_layers:
     methods.update({m: v for m, v in table.items() if m.startswith("lap")})
-  image_shape = test_source.get(np.arange(1))["image"].shape[1:]
+  first = test_source.get(np.arange(1))
   clfs = {**method_classifiers(methods, model, variables, layers=[e.layer],
-                               input_shape=image_shape), "plain": clf}
-  n_test = min(e.lap_images, test_source.num_examples)
-  chunk = min(e.batch_size, n_test)
-  explain = explanations.explainer(clfs, methods, batch_size=chunk)
-
-  def positive_maps(images, labels):
-    return {k: np.maximum(v, 0) for k, v in explain(images, labels).items()}
-
-  # Validation: learned thresholds (App. D.2.2) and the MLP's features.
-  val = val_source.get(np.arange(min(e.lap_val_images,
-                                     val_source.num_examples)))
-  vkeep, _ = _correct_clue_images(clf, val, dcs)
-  thresholds = {m: "no correctly classified validation clue image"
-                for m in methods}
-  if len(vkeep):
-    vmaps = positive_maps(val["image"][vkeep], val["label"][vkeep])
-    for name, m in vmaps.items():
-      try:
-        thresholds[name] = metrics.learned_threshold(m, val["mask"][vkeep])
-      except ValueError as err:     # the map does not separate the pixels
-        thresholds[name] = str(err)
-    del vmaps
+                               input_shape=first["image"].shape[1:]),
+          "plain": clf}
+  saved = state is not None
+  if state is None:                    # in memory only, never written
+    state = streaming.EvaluationState("", {})
+  arrays = state.arrays
+  predict = jax.jit(lambda x: streaming.replicate(
+      clf.apply(x)[0].argmax(-1), mesh))
+  map_fns = _map_functions(methods, clfs, mesh)
   positive = binary_positive_class(dcs)
-  if lap_layers and positive is None:  # many classes: the MLP of D.5.2
-    _, val_outs = dc_maps(clf, jnp.asarray(val["image"]), layers=lap_layers)
-    val_features = [metrics.dc_size_features(o) for o in val_outs]
+  mlp = bool(lap_layers) and positive is None  # many classes: App. D.5.2
+  lap_fn = _lap_function(clf, lap_layers, mesh, with_maps=mlp)
+  if "lap/val/labels" not in arrays:   # not yet in a resumed state
+    _validation(arrays, val_source, clf, predict, map_fns, lap_fn, mesh,
+                num_images=min(e.lap_val_images, val_source.num_examples),
+                batch_size=e.batch_size, dcs=dcs, features=mlp)
+  thresholds = {m: _threshold(arrays[f"lap/val/threshold/{m}"])
+                for m in methods}
+  has_boxes = "boxes" in first and "boxes_valid" in first
+  score_fns = {
+      m: _score_function(
+          clf, mesh, lap=m.startswith("lap"),
+          threshold=None if isinstance(thresholds[m], str)
+          else thresholds[m]) for m in methods}
+  batches = section_batches(e, test_source.num_examples)
 
-  # Test: per-image scores, batch by batch.
-  srg_fn = jax.jit(metrics.srg, static_argnums=0)
-  keep_fn = jax.jit(metrics.keep_top_accuracy, static_argnums=0)
-  per_image: dict[str, dict[str, list]] = {}    # {score: {method: [[n]]}}
-  kept_top = {m: [] for m in methods}
-  counts: dict[str, dict[str, np.ndarray]] = {}  # box counts, summed
-  labels, preds = [], []
-  lap_classes = [[] for _ in lap_layers]
-  lap_features = [[] for _ in lap_layers]
-  has_boxes = False
-
-  def add(score, name, values, n):
-    per_image.setdefault(score, {}).setdefault(name, []).append(
-        np.asarray(values)[:n])
-
-  for start in range(0, n_test, chunk):
-    rows = np.arange(start, min(start + chunk, n_test))
-    n = len(rows)
-    batch = test_source.get(_padded(rows, chunk))
-    has_boxes = "boxes" in batch and "boxes_valid" in batch
-    keep, pred = _correct_clue_images(clf, batch, dcs)
-    keep = keep[keep < n]
-    labels.append(batch["label"][:n])
-    preds.append(pred[:n])
+  def step(b):
+    start, stop = batches[b]
+    idx, valid = streaming.local_indices(start, stop, e.batch_size)
+    batch = test_source.get(idx)
+    inputs = {"image": batch["image"],
+              "label": batch["label"].astype(np.int32),
+              "mask": batch["mask"]}
+    if has_boxes:
+      inputs.update(boxes=batch["boxes"], boxes_valid=batch["boxes_valid"])
+    x = streaming.mesh_inputs(mesh, **inputs)
+    ok = streaming.gather(valid).astype(bool)
+    labels = streaming.gather(batch["label"])
+    keep, pred = _correct_clue_images(
+        clf, {"label": labels, "mask": streaming.gather(batch["mask"]),
+              "prediction": predict(x["image"])}, dcs)
+    keep = keep[ok[keep]]
+    _extend(arrays, "lap/labels", labels[ok])
+    _extend(arrays, "lap/predictions", pred[ok])
     if lap_layers:
-      _, outs = dc_maps(clf, jnp.asarray(batch["image"]), layers=lap_layers)
-      outs = [np.asarray(o) for o in outs]
-      for i, p in enumerate(standalone_predictions(outs, dcs)):
-        lap_classes[i].append(p[:n])
-        lap_features[i].append(metrics.dc_size_features(outs[i])[:n])
+      for i, (peaks, maps) in enumerate(jax.device_get(
+          lap_fn(x["image"]))):
+        _extend(arrays, f"lap/standalone/{i}",
+                standalone_classes(peaks, dcs)[ok])
+        if mlp:
+          _extend(arrays, f"lap/features/{i}", _size_features(maps)[ok])
     if not len(keep):
-      continue
-    k, take = len(keep), _padded(keep, chunk)
-    maps = positive_maps(batch["image"][take], batch["label"][take])
-    x, targets = jnp.asarray(batch["image"][take]), jnp.asarray(pred[take])
-    masks = jnp.asarray(batch["mask"][take])
-    for name, m in maps.items():
-      m = jnp.asarray(m)
-      binary = {"mu_sigma": postprocess.binarize_mean_std(m),
-                "top_k_gt": postprocess.binarize_top_count(
-                    m, masks.sum(axis=(1, 2)))}
-      if not isinstance(thresholds[name], str):
-        binary["learned"] = metrics.binarize_learned(m, thresholds[name])
-      if name.startswith("lap"):
-        binary["lap_0.5"] = m > 0.5
-      for b, v in binary.items():
-        add(f"iou/{b}", name, metrics.iou(v, masks), k)
-      if has_boxes:
-        scores = box_scores(m, binary, jnp.asarray(batch["boxes"][take]),
-                            jnp.asarray(batch["boxes_valid"][take]))
-        for b, s in scores.items():
-          add(f"truncated_iou/{b}", name, s["truncated_iou"], k)
-          total = counts.setdefault(name, {}).setdefault(b, np.zeros(2, int))
-          total += [s["n_captured"][:k].sum(), s["n_boxes"][:k].sum()]
-      # The metrics chunk their forward passes (chunk_size) themselves.
-      add("srg", name, srg_fn(clf, x, m, targets)["srg"], k)
-      kept_top[name].append(np.asarray(keep_fn(clf, x, m, targets))[:k])
-  if not per_image:
-    return {"n_images": 0, "note": "no correctly classified clue image"}
+      return
+    targets = streaming.mesh_inputs(
+        mesh, target=_this_process(pred, e.batch_size))["target"]
+    for name, fn in map_fns.items():
+      maps = _checked_maps(fn, x["image"], x["label"], keep,
+                           f"method {name!r}, test images {start} to "
+                           f"{stop - 1}", start)
+      scores = jax.device_get(score_fns[name](
+          x["image"], maps, targets, x["mask"], x.get("boxes"),
+          x.get("boxes_valid")))
+      for score, v in scores.items():
+        if score.startswith(("n_captured/", "n_boxes/")):
+          continue
+        _extend(arrays, f"lap/value/{name}/{score}", np.asarray(v)[keep])
+      for b in BINARIZATIONS:
+        if f"n_boxes/{b}" in scores:
+          state.add_counts(f"lap/boxes/{name}/{b}", np.array([
+              scores[f"n_captured/{b}"][keep].sum(),
+              scores[f"n_boxes/{b}"][keep].sum()]))
 
-  values = {s: {m: np.concatenate(v) for m, v in by.items()}
-            for s, by in per_image.items()}
+  if saved:
+    bar = progress or streaming.Progress(
+        len(batches), state.next_batch.get(PHASE, 0), enabled=False)
+    streaming.run_phase(state, PHASE, len(batches), step, bar,
+                        save_every=e.save_every)
+  else:
+    for b in range(len(batches)):
+      step(b)
+  return _report(arrays, state.counts, methods, thresholds, dcs,
+                 has_boxes=has_boxes, num_laps=len(lap_layers), mlp=mlp,
+                 key=key)
+
+
+def _report(arrays: dict[str, np.ndarray], counts: dict[str, np.ndarray],
+            methods: dict, thresholds: dict[str, float | str],
+            dcs: DCSystem, *, has_boxes: bool, num_laps: int, mlp: bool,
+            key: jax.Array) -> dict[str, Any]:
+  """The section's report from the per-image numbers of every test batch
+  (``arrays``, ``lap/...``) and the box counts (``counts``)."""
+  order = ([f"iou/{b}" for b in BINARIZATIONS]
+           + [f"truncated_iou/{b}" for b in BINARIZATIONS] + ["srg"])
+  values = {s: {m: arrays[f"lap/value/{m}/{s}"] for m in methods
+                if f"lap/value/{m}/{s}" in arrays} for s in order}
+  values = {s: by for s, by in values.items() if by}
+  if "srg" not in values:
+    return {"n_images": 0, "note": "no correctly classified clue image"}
 
   def summaries(prefix):
     return {m: {s.removeprefix(prefix): nan_summary(v[m])
@@ -286,31 +513,34 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
             for m in methods}
 
   report = {"n_images": len(values["srg"][next(iter(methods))]),
-            "n_validation_images": int(len(vkeep)),
+            "n_validation_images": int(arrays["lap/val/kept"]),
             "iou": summaries("iou/"),
             "srg": {m: nan_summary(v) for m, v in values["srg"].items()},
             "keep_top_accuracy": {
                 "fractions": list(metrics.faithfulness.KEEP_FRACTIONS),
-                **{m: np.concatenate(v).mean(0).tolist()
-                   for m, v in kept_top.items()}},
+                **{m: arrays[f"lap/value/{m}/keep_top"].mean(0).tolist()
+                   for m in methods}},
             "learned_thresholds": thresholds}
   if has_boxes:
-    report["box_capture"] = {m: {b: pooled_capture(*c) for b, c in
-                                 by.items()} for m, by in counts.items()}
+    report["box_capture"] = {
+        m: {b: pooled_capture(*counts[f"lap/boxes/{m}/{b}"])
+            for b in BINARIZATIONS if f"lap/boxes/{m}/{b}" in counts}
+        for m in methods}
     report["truncated_iou"] = summaries("truncated_iou/")
   comparisons = paired_comparisons(values)
   if comparisons:
     report["significance"] = {
         "test": "paired t-test over images, two-sided", "reference": "lap",
         "scores": comparisons}
-  labels, preds = np.concatenate(labels), np.concatenate(preds)
+  labels, preds = arrays["lap/labels"], arrays["lap/predictions"]
+  positive = binary_positive_class(dcs)
   if positive is not None:
     report["classification"] = binary_summary(labels, preds,
                                               positive=positive)
-  if lap_layers:
+  if num_laps:
     report["standalone"] = {}
-    for i, classes in enumerate(lap_classes):
-      p = np.concatenate(classes)
+    for i in range(num_laps):
+      p = arrays[f"lap/standalone/{i}"]
       row = {"predictivity_f1": float(np.nanmean(metrics.f1_scores(
                  labels, p, dcs.num_classes))),
              "compatibility_f1": float(np.nanmean(metrics.f1_scores(
@@ -319,12 +549,12 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
         rates = binary_summary(labels, p, positive=positive)
         row.update(sensitivity=rates["sensitivity"],
                    specificity=rates["specificity"])
-      else:
-        mlp = metrics.standalone_evaluation(
-            val_features[i], val["label"], np.concatenate(lap_features[i]),
-            labels, preds, num_classes=dcs.num_classes,
-            key=jax.random.fold_in(key, i))
-        row.update({f"mlp_{n}": v for n, v in mlp.items()})
+      elif mlp:
+        scores = metrics.standalone_evaluation(
+            arrays[f"lap/val/features/{i}"], arrays["lap/val/labels"],
+            arrays[f"lap/features/{i}"], labels, preds,
+            num_classes=dcs.num_classes, key=jax.random.fold_in(key, i))
+        row.update({f"mlp_{n}": v for n, v in scores.items()})
       report["standalone"][f"lap{i + 1}"] = row
   return report
 

@@ -1,8 +1,8 @@
 """Run in its own process by test_protocols_sharded.py: the paper
 protocols' ``:tiny`` configs on this process's devices, optionally as one
-of several processes.
+of several processes (tests/multiprocess.py).
 
-  python protocol_worker.py OUT [--devices N]
+  python -m tests.evaluation.protocol_worker OUT [--devices N]
       [--port P --process_id I --num_processes N]
 
 Runs every protocol of ``CASES`` on ``tfds.testing.mock_data`` with its
@@ -16,10 +16,9 @@ import).
 import argparse
 import importlib
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+from tests import multiprocess
+
 # Protocol config: (mock examples, config overrides). One batch of 8 each,
 # padded (6 images, 3 grids, 3 composites): 8 devices get one row each.
 # One method (Grad-CAM): every method takes the same path. No SIC / AIC:
@@ -60,34 +59,11 @@ def run_case(name: str, workdir: str) -> dict:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("out")
-  parser.add_argument("--devices", type=int, default=1)
-  parser.add_argument("--port", type=int)
-  parser.add_argument("--process_id", type=int, default=0)
-  parser.add_argument("--num_processes", type=int, default=1)
-  args = parser.parse_args()
-  os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count="
-                             f"{args.devices}")
-  os.environ["JAX_PLATFORMS"] = "cpu"
-  sys.path.insert(0, ROOT)
-  import jax
-  from jax.experimental import multihost_utils
-  if args.port is not None:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{args.port}",
-        num_processes=args.num_processes, process_id=args.process_id,
-        initialization_timeout=120)
-    # The processes are in step here (initialize waits for all): make the
-    # gloo communicator of the devices now. Its rendezvous waits 30 s at
-    # most, and later, on a loaded machine, one process's compilation may
-    # run that much longer than the other's before the first collective.
-    multihost_utils.sync_global_devices("protocol_worker")
+  args = multiprocess.worker_arguments(parser)
+  multiprocess.join_processes(args)
   for name in CASES:
     run_case(name, os.path.join(args.out, name))
-  print("DONE", jax.process_index(), jax.process_count(), jax.device_count(),
-        flush=True)
-  if args.port is not None:
-    jax.distributed.shutdown()
+  multiprocess.finish(args)
 
 
 if __name__ == "__main__":

@@ -267,32 +267,15 @@ def test_not_a_run_folder(tmp_path):
     evaluate(None, str(tmp_path / "nothing"))
 
 
-def test_lap_evaluation_of_detached_laps_on_a_trained_run(run):
-  import jax
+def test_lap_evaluation_of_detached_laps_on_a_trained_run(run,
+                                                         detached_lap):
+  from lapjax.evaluation.lap_report import BINARIZATIONS
 
-  from configs import lap as lap_configs
-  from lapjax.evaluation.lap_report import BINARIZATIONS, lap_evaluation
-  from lapjax.train import loop
-  from lapjax.train.state import create_train_state
-
-  c = lap_configs.get_config("lap_detached,multi,tiny")
-  c.init_from = str(run)
-  c.evaluation.methods = ("gradient", "grad_cam")
-  c.evaluation.lap_images = 64
-  test, info = sources.make_source(c.data, "test")
-  val, _ = sources.make_source(c.data, "validation")
-  model = loop.build_model(c, info)
-  tx, _ = loop.make_optimizer(c)
-  state = create_train_state(model, tx, jax.random.key(0),
-                             info["image_shape"])
-  state = loop.init_from_run(state, tx, str(run), into="backbone")
   _, vanilla, _ = load_state(default.get_config("tiny"), str(run))
-  jax.tree.map(np.testing.assert_array_equal, state.params["backbone"],
-               vanilla.params)
-  report = lap_evaluation(
-      c, model, {"params": state.params, "batch_stats": state.batch_stats},
-      test, val, lap_layers=loop.lap_map_layers(c),
-      membership=loop.dc_membership(info), key=jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal,
+               detached_lap.state.params["backbone"], vanilla.params)
+  report = detached_lap.lap_evaluation(methods=("gradient", "grad_cam"),
+                                       lap_images=64)
   assert report["n_images"] > 0
   assert set(report["iou"]) == {"gradient", "grad_cam", "lap", "lap1",
                                 "lap2"}

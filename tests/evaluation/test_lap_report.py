@@ -74,7 +74,7 @@ def test_box_scores_pool_the_boxes_of_all_images():
       lap_report.pooled_capture(0, 0)["sensitivity"]        # NaN, no boxes
 
 
-def test_report_streamed_in_padded_batches_equals_one_batch(tiny_run_dir,
+def test_report_streamed_in_padded_batches_equals_one_batch(detached_lap,
                                                             monkeypatch):
   # 40 test images in batches of 16 (16, 16, 8 padded to 16) give the
   # report of one batch of 40: per-image scores do not depend on the batch.
@@ -89,32 +89,10 @@ def test_report_streamed_in_padded_batches_equals_one_batch(tiny_run_dir,
     return np.flatnonzero(batch["label"] != dcs.bgo), pred
 
   monkeypatch.setattr(lap_report, "_correct_clue_images", every_clue_image)
-
-  from configs import lap as lap_configs
-  from lapjax.data import sources
-  from lapjax.train import loop
-  from lapjax.train.state import create_train_state
-
-  c = lap_configs.get_config("lap_detached,multi,tiny")
-  c.init_from = str(tiny_run_dir)
-  c.evaluation.methods = ("grad_cam",)
-  c.evaluation.lap_images = 40
-  c.evaluation.lap_val_images = 32
-  test, info = sources.make_source(c.data, "test")
-  val, _ = sources.make_source(c.data, "validation")
-  model = loop.build_model(c, info)
-  tx, _ = loop.make_optimizer(c)
-  state = create_train_state(model, tx, jax.random.key(0),
-                             info["image_shape"])
-  state = loop.init_from_run(state, tx, str(tiny_run_dir), into="backbone")
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  reports = []
-  for batch_size in (40, 16):
-    c.evaluation.batch_size = batch_size
-    reports.append(lap_report.lap_evaluation(
-        c, model, variables, test, val, lap_layers=loop.lap_map_layers(c),
-        membership=loop.dc_membership(info), key=jax.random.key(0)))
-  one, streamed = reports
+  one, streamed = [
+      detached_lap.lap_evaluation(methods=("grad_cam",), lap_images=40,
+                                  lap_val_images=32, batch_size=batch_size)
+      for batch_size in (40, 16)]
   assert one["n_images"] > 16                # more than one batch's worth
   assert set(one["iou"]) == {"grad_cam", "lap", "lap1", "lap2"}
   jax.tree.map(_assert_same, one, streamed)
@@ -192,3 +170,21 @@ def test_markdown_without_the_optional_parts():
           "predictivity top-1 | MLP compatibility top-1 |") in text
   assert "| lap1 | 0.900 | 0.800 | 0.625 | 0.500 |" in text
   assert "| lap | 75.0 | 100.0 |" in text
+
+
+def test_standalone_classes_from_the_peaks_of_the_dc_maps():
+  # one_vs_others(4, bgo=0): DCs 0, 1, 2 stand for classes 1, 2, 3; a DC
+  # is detected above 0.5 (not at it), the highest detected peak wins.
+  dcs = dcs_lib.one_vs_others(4, bgo=0)
+  peaks = np.array([[0.9, 0.2, 0.7], [0.1, 0.3, 0.4], [0.6, 0.2, 0.8],
+                    [0.5, 0.5, 0.5]])
+  np.testing.assert_array_equal(
+      lap_report.standalone_classes(peaks, dcs), [1, 0, 3, 0])
+  # Without BGO the best DC wins, detected or not.
+  np.testing.assert_array_equal(lap_report.standalone_classes(
+      peaks, dcs_lib.one_vs_others(3)), [0, 2, 2, 0])
+  # From the maps [B, h, w, M]: each DC's peak at one of four pixels.
+  maps = np.zeros((4, 2, 2, 3))
+  maps[:, 1, 0] = peaks
+  np.testing.assert_array_equal(
+      lap_report.standalone_predictions([maps], dcs)[0], [1, 0, 3, 0])

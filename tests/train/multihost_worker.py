@@ -1,7 +1,8 @@
 """Run in its own process by test_multihost.py: evaluates or trains the tiny
-run on this process's devices, optionally as one of several processes.
+run on this process's devices, optionally as one of several processes
+(tests/multiprocess.py).
 
-  python multihost_worker.py evaluate|train WORKDIR OUT
+  python -m tests.train.multihost_worker evaluate|train WORKDIR OUT
       [--devices N] [--port P --process_id I --num_processes N]
 
 ``evaluate`` writes the report (process 0) as JSON to OUT; ``train`` trains
@@ -11,53 +12,33 @@ processes on localhost with gloo CPU collectives.
 """
 
 import argparse
-import os
-import sys
 
-PARSER = argparse.ArgumentParser()
-PARSER.add_argument("mode", choices=("evaluate", "train"))
-PARSER.add_argument("workdir")
-PARSER.add_argument("out")
-PARSER.add_argument("--devices", type=int, default=1)
-PARSER.add_argument("--port", type=int)
-PARSER.add_argument("--process_id", type=int, default=0)
-PARSER.add_argument("--num_processes", type=int, default=1)
-ARGS = PARSER.parse_args()
-
-os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count="
-                           f"{ARGS.devices}")
-os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
-
-import jax  # noqa: E402
-
-from tests.train import multihost_config  # noqa: E402
+from tests import multiprocess
 
 
 def main():
-  if ARGS.port is not None:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{ARGS.port}",
-        num_processes=ARGS.num_processes, process_id=ARGS.process_id,
-        initialization_timeout=120)
-  if ARGS.mode == "train":
+  parser = argparse.ArgumentParser()
+  parser.add_argument("mode", choices=("evaluate", "train"))
+  parser.add_argument("workdir")
+  parser.add_argument("out")
+  args = multiprocess.worker_arguments(parser)
+  import jax
+
+  from tests.train import multihost_config
+  multiprocess.join_processes(args)
+  if args.mode == "train":
     from lapjax.train import train_and_evaluate
     config = multihost_config.train_config()
     config.multihost = True
-    train_and_evaluate(config, ARGS.workdir, progress=False)
+    train_and_evaluate(config, args.workdir, progress=False)
   else:
     from lapjax.evaluation.evaluate import evaluate
     from lapjax.train import run_folder
-    report = evaluate(multihost_config.evaluation_config(), ARGS.workdir)
+    report = evaluate(multihost_config.evaluation_config(), args.workdir)
     if jax.process_index() == 0:
-      with open(ARGS.out, "w") as f:
+      with open(args.out, "w") as f:
         f.write(run_folder.dumps(report))
-  print("DONE", jax.process_index(), jax.process_count(), jax.device_count(),
-        flush=True)
-  if ARGS.port is not None:
-    jax.distributed.shutdown()
+  multiprocess.finish(args)
 
 
 if __name__ == "__main__":

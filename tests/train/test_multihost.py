@@ -4,11 +4,7 @@ localhost (``jax.distributed`` with gloo collectives), and training in two
 processes (``config.multihost``), against one process on one device."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,65 +13,21 @@ import pytest
 from configs import default
 from lapjax.evaluation.evaluate import evaluate
 from lapjax.train import load_state, run_folder
+from tests.multiprocess import assert_reports_close, run_workers
 from tests.train import multihost_config
 
 # XLA's optimisations on, as users run (without them XLA:CPU returns NaN
 # for vmapped VJPs through max pooling: docs/xla-noopt-nan.md).
 pytestmark = pytest.mark.xla_optimized
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+WORKER = "tests.train.multihost_worker"
 TIMEOUT_S = 600          # every subprocess is killed after this
 
 
-def free_port() -> int:
-  """A localhost port nobody listens on now (the OS picks it)."""
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _workers(mode, workdir, out, *, processes=1, devices=1):
-  """Runs ``multihost_worker.py`` as ``processes`` processes (joined on a
-  free port when more than one); fails with their output unless all end
-  well within ``TIMEOUT_S``."""
-  cmd = [sys.executable, os.path.join(HERE, "multihost_worker.py"), mode,
-         str(workdir), str(out), f"--devices={devices}"]
-  port = free_port()
-  cmds = [cmd + ([f"--port={port}", f"--process_id={i}",
-                  f"--num_processes={processes}"] if processes > 1 else [])
-          for i in range(processes)]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen(c, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=env) for c in cmds]
-  try:
-    outs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-      p.communicate()
-    pytest.fail(f"{mode} in {processes} processes did not end within "
-                f"{TIMEOUT_S} s")
-  for i, (p, (stdout, stderr)) in enumerate(zip(procs, outs)):
-    assert p.returncode == 0, f"process {i}:\n{stdout}\n{stderr[-4000:]}"
-    assert f"DONE {i} {processes} {devices * processes}" in stdout, stdout
-
-
-def assert_reports_close(got, expect, path="report"):
-  """Equal structure and counts; floats within 1e-6 (reduction order)."""
-  if isinstance(expect, dict):
-    assert set(got) == set(expect), path
-    for k in expect:
-      if k != "devices":
-        assert_reports_close(got[k], expect[k], f"{path}.{k}")
-  elif isinstance(expect, list):
-    assert len(got) == len(expect), path
-    for i, (a, b) in enumerate(zip(got, expect)):
-      assert_reports_close(a, b, f"{path}[{i}]")
-  elif isinstance(expect, float):
-    assert got == pytest.approx(expect, abs=1e-6), path
-  else:
-    assert got == expect, path
+  """``multihost_worker.py`` run as ``processes`` processes with
+  ``devices`` devices each (``run_workers``)."""
+  run_workers(WORKER, mode, str(workdir), str(out), processes=processes,
+              devices=devices, timeout_s=TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
