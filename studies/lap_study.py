@@ -134,11 +134,6 @@ def study_config(variant: str, seed: int, steps: int, runs: str):
     c.evaluation.layer = "stage4"          # the last stage, 4x4
     if c.lap.mode == "plugged":
       c.lap.places = RESNET18_PLACES[-2:] if multi else RESNET18_PLACES
-      # A paper-form stage's BatchNorm follows its LAP-Pool, not a
-      # convolution: relevance propagation refuses it (no canonizer).
-      c.evaluation.methods = tuple(m for m in c.evaluation.methods if m
-                                   not in ("deeplift", "relevance_cam",
-                                           "lrp"))
   return c
 
 

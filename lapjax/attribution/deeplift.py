@@ -28,8 +28,11 @@ Max pooling (Captum's ``maxpool`` rule): ``Delta_out = max(a) - max(a0)``
 of a window goes to ``x``'s winner when ``max(a) >= max(a0)``, else to
 ``x0``'s winner (the first maximum in the window, as PyTorch's pooling
 indices), and is divided there by ``a - a0`` (the plain gradient where
-``|a - a0| < eps``). Nonlinearities that are neither the model's ``act``
-nor a ``Pool`` module (a functional ``nn.max_pool``, products such as
+``|a - a0| < eps``). LAP-Pools (``lapjax.lap``): their weights act as
+gates, the change of the weights is credited to the pooled features
+(``lap_pool_rules``; summation-to-delta holds through them).
+Nonlinearities that are neither the model's ``act``, a ``Pool`` module
+nor a LAP-Pool (a functional ``nn.max_pool``, products such as
 squeeze-and-excitation, softmax) pass the plain gradient, as in Captum for
 operations it does not hook; summation-to-delta then holds only
 approximately.
@@ -63,6 +66,7 @@ import jax
 import jax.numpy as jnp
 
 from lapjax.attribution import core
+from lapjax.attribution import lap_pool_rules as lap_rules
 from lapjax.attribution.compiled import compiled
 from lapjax.classifier import Classifier
 from lapjax.models.layers import Pool
@@ -81,11 +85,14 @@ def _tracing():
   """A DeepLIFT trace: records references, then replays them."""
   previous = (_mode(), getattr(_state, "refs", None),
               getattr(_state, "seen", None))
+  previous_lap = getattr(_state, "lap", None)
   _state.mode, _state.refs, _state.seen = "record", [], []
+  _state.lap = lap_rules.HeadCapture()
   try:
     yield _state
   finally:
     _state.mode, _state.refs, _state.seen = previous
+    _state.lap = previous_lap
 
 
 def note_classifier(rescaled: bool) -> None:
@@ -223,16 +230,39 @@ def _max_pool_layer(pool: Pool, eps: float):
 
 def rules_interceptor(next_fun, args, kwargs, context):
   """``flax.linen.intercept_methods`` interceptor of a DeepLIFT trace:
-  max-pooling ``Pool`` modules get Captum's max-pool rule."""
+  max-pooling ``Pool`` modules get Captum's max-pool rule, LAP-Pools the
+  rule of ``lap_pool_rules`` (their heads run as the plain model)."""
   module = context.module
-  if (context.method_name != "__call__" or not module.path
-      or not isinstance(module, Pool) or module.kind != "max"):
+  if context.method_name != "__call__" or not module.path:
+    return next_fun(*args, **kwargs)
+  capture = _state.lap
+  if capture.in_head():
+    return next_fun(*args, **kwargs)
+  if lap_rules.is_lap_head(module):
+    return capture.head(module, next_fun, args, kwargs)
+  if lap_rules.is_lap_pool(module):
+    return _lap_pool(capture, module, next_fun, args, kwargs)
+  if not isinstance(module, Pool) or module.kind != "max":
     return next_fun(*args, **kwargs)
   a = args[0]
   a0 = _reference("max_pool", a)
   if a0 is None:
     return next_fun(*args, **kwargs)
   return _max_pool_layer(module, _state.eps)(a, jax.lax.stop_gradient(a0))
+
+
+def _lap_pool(capture: lap_rules.HeadCapture, module, next_fun, args,
+              kwargs) -> jax.Array:
+  """A LAP-Pool: its input and importance recorded on ``x0``; on ``x``,
+  the pool whose backward pass is ``lap_pool_rules.deeplift_layer``."""
+  out, pool_at, q = capture.pool(module, next_fun, args, kwargs)
+  z = args[0]
+  z0 = _reference("lap_pool", z)
+  q0 = _reference("lap_pool_importance", q)
+  if z0 is None:
+    return out
+  return lap_rules.deeplift_layer(pool_at)(
+      z, jax.lax.stop_gradient(z0), q, jax.lax.stop_gradient(q0))
 
 
 def multipliers(classifier: Classifier, x: jax.Array, x0: jax.Array,

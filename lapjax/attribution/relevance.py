@@ -33,14 +33,24 @@ input-proportional rules give ``R = 0``). ``flat``, ``wsquare`` and ``zbox``
 are not input-proportional and meant for the first layer; deeper, relevance
 they send to zero-valued inputs is dropped.
 
+LAP-Pools (``lapjax.lap``) are weighted averages whose weights come from
+their own heads: the weights are held constant (gates), so relevance
+crosses a LAP-Pool by the z-rule as it crosses an average pool, and the
+head runs as the plain model (``lap_pool_rules``).
+
 Canonizer: a ``BatchNorm`` (running statistics) called directly on the
 output of a ``Conv`` / ``Dense`` is merged into it, ``W' = W s``, ``b' = (b
 - mu) s + beta`` with ``s = gamma / sqrt(var + eps)`` (Zennit's
-``SequentialMergeBatchNorm``); the merged layer's rule sees ``W', b'``. Any
-other BatchNorm (e.g. DenseNet's pre-activation ones) is an error naming
-it, unless the composite says ``norms='pass'`` (Zennit's ``Pass`` on the
-BatchNorms its canonizer cannot merge); any other parameterised Flax layer
-the composite has no rule for is an error naming its path and type.
+``SequentialMergeBatchNorm``); the merged layer's rule sees ``W', b'``. So
+is a BatchNorm called on a LAP-Pool of such an output (paper 000's
+strided-convolution replacement: stride-1 convolution, LAP-Pool,
+BatchNorm): the pool's weights sum to 1 per window and are shared by the
+channels, so ``BN(pool(z)) = pool(BN(z))`` exactly and the merged layer is
+pooled with the same weights. Any other BatchNorm (e.g. DenseNet's
+pre-activation ones) is an error naming it, unless the composite says
+``norms='pass'`` (Zennit's ``Pass`` on the BatchNorms its canonizer cannot
+merge); any other parameterised Flax layer the composite has no rule for
+is an error naming its path and type.
 
 Cost (the backward pass of one linear layer, in convolutions of its size;
 a gradient costs one transposed): ε 1 forward + 1 transposed; z⁺ 1 + 1 on
@@ -73,6 +83,7 @@ import jax
 import jax.numpy as jnp
 
 from lapjax.attribution import core, postprocess
+from lapjax.attribution import lap_pool_rules as lap_rules
 from lapjax.attribution import relevance_rules as rules
 from lapjax.attribution.compiled import compiled
 from lapjax.attribution.deeplift import (
@@ -282,6 +293,9 @@ class _Propagation:
     # Arrays known to be >= 0: ReLU outputs and their pools (by id, the
     # array kept so that the id stays its own).
     self.non_negative: dict[int, jax.Array] = {}
+    # LAP-Pools: their outputs (by id) -> (output, input, pool_at).
+    self.lap = lap_rules.HeadCapture()
+    self.lap_pooled: dict[int, tuple[jax.Array, jax.Array, Any]] = {}
 
   def mark_non_negative(self, a: jax.Array) -> None:
     self.non_negative[id(a)] = a
@@ -293,7 +307,13 @@ class _Propagation:
     module = context.module
     if context.method_name != "__call__" or not module.path:
       return next_fun(*args, **kwargs)
+    if self.lap.in_head():          # a LAP head: the plain model
+      return next_fun(*args, **kwargs)
+    if lap_rules.is_lap_head(module):
+      return self.lap.head(module, next_fun, args, kwargs)
     path = "/".join(module.path)
+    if lap_rules.is_lap_pool(module):
+      return self._lap_pool(module, next_fun, args, kwargs)
     if isinstance(module, _LINEAR):
       return self._linear(module, path, args[0])
     if isinstance(module, nn.BatchNorm):
@@ -311,6 +331,16 @@ class _Propagation:
           "Conv and Dense layers (BatchNorm directly after one is merged "
           "into it)")
     return next_fun(*args, **kwargs)
+
+  def _lap_pool(self, module, next_fun, args, kwargs):
+    """A LAP-Pool with its weights held constant (``lap_pool_rules``): a
+    weighted average, whose gradient is the z-rule."""
+    out, pool_at, q = self.lap.pool(module, next_fun, args, kwargs)
+    self.lap_pooled[id(out)] = (out, args[0],
+                                lambda z: pool_at(z, q))
+    if self.is_non_negative(args[0]):
+      self.mark_non_negative(out)
+    return out
 
   def _linear(self, module, path, x):
     first = self.linear_layers == 0
@@ -332,15 +362,22 @@ class _Propagation:
     return out
 
   def _merged_norm(self, module, path, z, kwargs, next_fun):
-    entry = self.pending.get(id(z))
-    if entry is None or entry[0] is not z:
+    source, pool = z, None
+    pooled = self.lap_pooled.get(id(z))
+    if pooled is not None and pooled[0] is z:
+      # BatchNorm(LAP-Pool(linear(x))) = LAP-Pool(merged linear(x)): the
+      # pool's weights sum to 1 per window and are shared by the channels.
+      _, source, pool = pooled
+    entry = self.pending.get(id(source))
+    if entry is None or entry[0] is not source:
       if self.composite.norms == "pass":
         return _passing(next_fun)(z)
       raise ValueError(
           f"BatchNorm {path!r} does not directly follow a Conv or Dense "
-          "layer, so it cannot be merged into one (canonizer); relevance "
-          "propagation has no rule for a standalone norm (a composite with "
-          "norms='pass' passes relevance through it, as Zennit does)")
+          "layer (or a LAP-Pool of one's output), so it cannot be merged "
+          "into one (canonizer); relevance propagation has no rule for a "
+          "standalone norm (a composite with norms='pass' passes relevance "
+          "through it, as Zennit does)")
     use_running = kwargs.get("use_running_average",
                              module.use_running_average)
     if not use_running or module.axis not in (-1, z.ndim - 1):
@@ -355,6 +392,8 @@ class _Propagation:
     shift = params["bias"] if module.use_bias else 0.0
     kernel, bias = kernel * scale, (bias - stats["mean"]) * scale + shift
     out = _rule_layer(rule, linear, first, non_negative)(x, kernel, bias)
+    if pool is not None:
+      return pool(out)
     self.pending[id(out)] = (out, (rule, linear, first, non_negative, x,
                                    kernel, bias))
     return out
@@ -402,8 +441,9 @@ def relevance_classifier(module: nn.Module, variables, **from_flax_kwargs
   ``relevance_cam``, which trace it with their composite's rules, and
   ``deeplift`` / ``deeplift_shap``, which trace it with DeepLIFT's. The
   module's computation is unchanged: LRP rules are installed by
-  intercepting its ``Conv`` / ``Dense`` / ``BatchNorm`` calls, DeepLIFT's
-  by intercepting its max-pooling ``Pool`` modules and by wrapping its
+  intercepting its ``Conv`` / ``Dense`` / ``BatchNorm`` / ``LAPPool``
+  calls, DeepLIFT's by intercepting its max-pooling ``Pool`` modules and
+  LAP-Pools and by wrapping its
   injectable ``act`` (``deeplift.rescaled_activation``, which is ``act``
   itself outside DeepLIFT; a model without ``act`` works for LRP only).
 
