@@ -58,6 +58,7 @@ References:
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 
@@ -236,12 +237,10 @@ def rules_interceptor(next_fun, args, kwargs, context):
   if context.method_name != "__call__" or not module.path:
     return next_fun(*args, **kwargs)
   capture = _state.lap
-  if capture.in_head():
-    return next_fun(*args, **kwargs)
-  if lap_rules.is_lap_head(module):
-    return capture.head(module, next_fun, args, kwargs)
-  if lap_rules.is_lap_pool(module):
-    return _lap_pool(capture, module, next_fun, args, kwargs)
+  out = capture.route(module, next_fun, args, kwargs,
+                      functools.partial(_lap_pool, capture))
+  if out is not None:
+    return out
   if not isinstance(module, Pool) or module.kind != "max":
     return next_fun(*args, **kwargs)
   a = args[0]

@@ -71,29 +71,19 @@ from lapjax.lap.pool import LAPPool, aggregate, importance_pool
 PoolAt = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def is_lap_pool(module: nn.Module) -> bool:
-  return isinstance(module, LAPPool)
-
-
-def is_lap_head(module: nn.Module) -> bool:
-  return isinstance(module, LAPHead)
-
-
 class HeadCapture:
   """LAP-Pool calls seen by an interceptor (``flax.linen.intercept_methods``).
 
-  ``pool`` runs a LAP-Pool and returns its output, the fixed-weight pool
-  and the importance its head gave; ``head`` runs a ``LAPHead`` (its maps
-  cut from the gradient); while a head runs, ``in_head`` is true and the
-  interceptor should leave its layers alone (the plain model).
+  ``route`` takes the LAP cases of an interceptor: a ``LAPHead`` runs as
+  the plain model, its layers left alone and its maps cut from the
+  gradient (``head``); a LAP-Pool goes to the caller's rule, which gets
+  from ``pool`` its output, the fixed-weight pool and the importance its
+  head gave.
   """
 
   def __init__(self):
     self.heads_running = 0
     self.pools: list[tuple[tuple[str, ...], list]] = []
-
-  def in_head(self) -> bool:
-    return self.heads_running > 0
 
   def head(self, module: nn.Module, next_fun, args, kwargs) -> jax.Array:
     self.heads_running += 1
@@ -121,15 +111,23 @@ class HeadCapture:
     q = jax.lax.stop_gradient(aggregate(maps[0], module.aggregation,
                                         params.get("dc_logits")))
     pool_at = functools.partial(
-        _pool_at, alpha=jax.lax.stop_gradient(params["alpha"]),
+        importance_pool, alpha=jax.lax.stop_gradient(params["alpha"]),
         window=module.window, strides=module.strides,
         padding=module.padding, eps=module.eps)
     return out, pool_at, q
 
-
-def _pool_at(values, q, *, alpha, window, strides, padding, eps):
-  return importance_pool(values, q, alpha, window=window, strides=strides,
-                         padding=padding, eps=eps)
+  def route(self, module: nn.Module, next_fun, args, kwargs, on_pool
+            ) -> jax.Array | None:
+    """An interceptor's LAP cases: inside a head the plain model, a head
+    run by ``head``, a LAP-Pool by ``on_pool(module, next_fun, args,
+    kwargs)``; ``None`` for any other call (the caller's rules apply)."""
+    if self.heads_running:           # a layer of a LAP head
+      return next_fun(*args, **kwargs)
+    if isinstance(module, LAPHead):
+      return self.head(module, next_fun, args, kwargs)
+    if isinstance(module, LAPPool):
+      return on_pool(module, next_fun, args, kwargs)
+    return None
 
 
 def _window_mean(pool_at: PoolAt, values: jax.Array) -> jax.Array:

@@ -42,6 +42,9 @@ def _even_per_pass(n: int, per_pass: int) -> int:
   passes) <= per_pass`` items: fewer than ``passes`` padded items in all,
   where full passes of ``per_pass`` pad up to ``per_pass - 1`` (49 windows
   at 16 per pass: 4 passes of 13, 3 padded, instead of 4 of 16, 15 padded).
+  Occlusion's own: in ``core._pad_to_chunks``, shared by every chunked
+  method, it changed the chunk shapes of the image batch and with them the
+  rounding of the multi-device protocol reports (docs/benchmarks.md).
   """
   passes = -(-n // per_pass)
   return -(-n // passes)

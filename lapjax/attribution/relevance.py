@@ -307,13 +307,10 @@ class _Propagation:
     module = context.module
     if context.method_name != "__call__" or not module.path:
       return next_fun(*args, **kwargs)
-    if self.lap.in_head():          # a LAP head: the plain model
-      return next_fun(*args, **kwargs)
-    if lap_rules.is_lap_head(module):
-      return self.lap.head(module, next_fun, args, kwargs)
+    out = self.lap.route(module, next_fun, args, kwargs, self._lap_pool)
+    if out is not None:
+      return out
     path = "/".join(module.path)
-    if lap_rules.is_lap_pool(module):
-      return self._lap_pool(module, next_fun, args, kwargs)
     if isinstance(module, _LINEAR):
       return self._linear(module, path, args[0])
     if isinstance(module, nn.BatchNorm):

@@ -280,14 +280,6 @@ def _extend(arrays: dict[str, np.ndarray], name: str,
   arrays[name] = rows if old is None else np.concatenate([old, rows])
 
 
-def _this_process(rows: np.ndarray, batch_size: int) -> np.ndarray:
-  """This process's slice of a global batch's rows (as
-  ``streaming.local_indices``)."""
-  per = batch_size // jax.process_count()
-  p = jax.process_index()
-  return rows[p * per:(p + 1) * per]
-
-
 def _checked_maps(fn, x, labels, rows: np.ndarray, where: str,
                   first: int) -> jax.Array:
   """``fn(x, labels)``'s maps; raises ValueError naming ``where`` when a
@@ -462,7 +454,7 @@ def lap_evaluation(config, model, variables, test_source, val_source, *,
     if not len(keep):
       return
     targets = streaming.mesh_inputs(
-        mesh, target=_this_process(pred, e.batch_size))["target"]
+        mesh, target=streaming.process_rows(pred))["target"]
     for name, fn in map_fns.items():
       maps = _checked_maps(fn, x["image"], x["label"], keep,
                            f"method {name!r}, test images {start} to "

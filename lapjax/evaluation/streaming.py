@@ -165,9 +165,14 @@ def local_indices(start: int, stop: int, batch_size: int
   idx = np.arange(start, start + batch_size)
   valid = idx < stop
   idx = np.where(valid, idx, start)
-  per = batch_size // jax.process_count()
+  return process_rows(idx), process_rows(valid)
+
+
+def process_rows(rows: np.ndarray) -> np.ndarray:
+  """This process's equal share of a global batch's rows ``[B, ...]``."""
+  per = len(rows) // jax.process_count()
   p = jax.process_index()
-  return idx[p * per:(p + 1) * per], valid[p * per:(p + 1) * per]
+  return rows[p * per:(p + 1) * per]
 
 
 def gather(x: Any) -> np.ndarray:
