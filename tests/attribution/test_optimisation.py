@@ -168,6 +168,47 @@ def test_area_penalty_gradient_averages_the_reference_over_ties():
       rtol=1e-6)
 
 
+def test_integer_key_sort_orders_like_floats():
+  rng = np.random.default_rng(1)
+  x = np.concatenate([rng.normal(size=(2, 60)) * 10.0 ** rng.integers(
+      -30, 30, (2, 60)), [[0.0, -0.0, np.inf, -np.inf]] * 2], axis=1)
+  x = x.astype(np.float32)
+  np.testing.assert_array_equal(jax.jit(opt._sorted)(x), np.sort(x))
+
+
+def _numpy_area_gradient(m: np.ndarray, ref: np.ndarray) -> np.ndarray:
+  """The definition, run by run: sort, split where sorted neighbours are
+  more than ``TIE_TOLERANCE`` apart, give each value ``2 (v - mean of
+  ref over its run's positions) / N``."""
+  order = np.argsort(m, kind="stable")
+  s = m[order]
+  cuts = np.flatnonzero(np.diff(s) > opt.TIE_TOLERANCE) + 1
+  averaged = np.empty_like(s)
+  for run in np.split(np.arange(len(s)), cuts):
+    averaged[run] = ref[run].mean()
+  grad = np.empty_like(m)
+  grad[order] = 2 * (s - averaged) / len(m)
+  return grad
+
+
+@pytest.mark.parametrize("area", [0.0, 0.3, 0.5, 1.0])
+def test_area_penalty_gradient_equals_the_run_by_run_definition(area):
+  """Chains of near-ties (steps of half the tolerance, so a run spans
+  more than the tolerance), exact ties, -0.0 and the end areas."""
+  rng = np.random.default_rng(0)
+  chain = 0.5 + 0.5 * opt.TIE_TOLERANCE * np.arange(7)
+  base = np.concatenate([chain, [0.5] * 3, [0.0, -0.0, 1.0, 1.0],
+                         rng.uniform(size=26)]).astype(np.float32)
+  masks = np.stack([base, rng.permutation(base), rng.uniform(
+      size=base.size).astype(np.float32)]).reshape(3, 8, 5)
+  ref = opt.area_reference(40, area)
+  grad = jax.jit(jax.grad(lambda a: opt.area_penalty(
+      a, jnp.asarray(ref)).sum()))(jnp.asarray(masks))
+  for got, m in zip(np.asarray(grad), masks):
+    want = _numpy_area_gradient(m.ravel(), ref).reshape(8, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
 def test_extremal_mask_covers_the_region_a_model_sums_at_its_area():
   """Class 0's logit is 0.1 x the sum of a 9 x 9 region's pixels; the
   target area is the region's share of the mask with its margin."""
