@@ -41,7 +41,13 @@ standalone LAPs) plus test accuracy on 2,000 images. One JSON line per
 run in ``--results`` (default ``docs/lap_study/results.jsonl``);
 ``--report`` tabulates every key into the ``.md`` beside it. A run whose
 folder holds the finished run is restored and scored again, not
-retrained (its ``train_s`` is then the restore time).
+retrained (its ``train_s`` is then the restore time); ``--methods``
+scores only the bar methods named (LAP always), e.g. to re-score one
+method of a finished run after its rule changed::
+
+  python studies/lap_study.py --seeds 0 --steps 300 \
+      --variants lap_wsl,resnet18 --methods deeplift --runs RUNS \
+      --results docs/lap_study/relevance_lap_resnet_deeplift.jsonl
 """
 
 import argparse
@@ -60,6 +66,7 @@ import numpy as np  # noqa: E402
 from configs import lap as lap_configs  # noqa: E402
 from lapjax.data import sources  # noqa: E402
 from lapjax.evaluation.lap_report import (  # noqa: E402
+  BASELINE_METHODS,
   BINARIZATIONS,
   lap_evaluation,
 )
@@ -167,9 +174,13 @@ def _scored(config, state, seed: int, *, lap_layers) -> tuple[dict, float]:
   return report, float(np.mean(logits.argmax(-1) == labels))
 
 
-def run(variant: str, seed: int, steps: int, runs: str) -> dict:
-  """Trains and scores one run."""
+def run(variant: str, seed: int, steps: int, runs: str,
+        methods: tuple[str, ...] | None = None) -> dict:
+  """Trains and scores one run (``methods``: only these bar methods
+  beside LAP, e.g. to re-score one method of a finished run)."""
   config, name, state, train_s = _trained(variant, seed, steps, runs)
+  if methods is not None:
+    config.evaluation.methods = tuple(methods)
   report, accuracy = _scored(config, state, seed,
                              lap_layers=lap_map_layers(config))
   return {"variant": name, "seed": seed, "steps": steps,
@@ -314,6 +325,9 @@ def main() -> None:
                  help="the JSON-lines file rows are appended to and "
                  "--report reads (it writes the .md beside it)")
   p.add_argument("--report", action="store_true")
+  p.add_argument("--methods", nargs="+", choices=BASELINE_METHODS,
+                 help="score only these bar methods beside LAP "
+                 "(default: all of the study's)")
   p.add_argument("--grad_cam_layer", help="re-score finished runs' "
                  "Grad-CAM at this layer (prints rows, writes nothing)")
   args = p.parse_args()
@@ -331,7 +345,7 @@ def main() -> None:
               exist_ok=True)
   for seed in args.seeds:
     for variant in args.variants:
-      row = run(variant, seed, args.steps, args.runs)
+      row = run(variant, seed, args.steps, args.runs, args.methods)
       with open(args.results, "a") as f:
         f.write(json.dumps(row) + "\n")
       print(json.dumps({k: row[k] for k in ("variant", "seed",
