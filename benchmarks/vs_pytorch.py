@@ -3,7 +3,7 @@ weights.
 
   python benchmarks/vs_pytorch.py [--model resnet50|cnn] [--reps 3] \
       [--torch-python /work/torchvenv/bin/python] [--methods a,b,...] \
-      [--batch N]
+      [--batch N] [--row-by-row]
 
 Two worker processes, one per framework, each holding its model and its
 compiled functions; the driver (this script, in lapjax's environment)
@@ -24,6 +24,13 @@ weights) with its floors; ``--device cuda``: PyTorch on the GPU (lapjax
 uses JAX's default backend). ``--batch`` overrides the model's batch size.
 Prints one JSON line per method and a Markdown table, and each timed call
 to stderr as it comes (``vs_pytorch_call``: progress on a slow machine).
+Each row also has each side's warm-up call (``<side>_first_call_s``:
+compilation, graph capture and hooks, plus one call). ``--row-by-row``
+times one method at a time (with its floors; the sides still alternate
+within each round) and prints its row as soon as its rounds end, in
+``--methods`` order: a run stopped early, e.g. on a cold GPU where
+compiling the ResNet-50 programs takes most of a time share, keeps the
+rows it finished (default: every method in every round, rows at the end).
 
 Models:
 
@@ -518,22 +525,29 @@ def _lapjax_model(model: str, directory: str):
 # --------------------------------------------------------------------------
 # Driver.
 
-def _floor_seconds(name: str, s: dict, med: dict) -> float | None:
-  """The floor of ``name`` from the median floor timings ``med``."""
+def _floor_parts(name: str, s: dict) -> list[tuple[str, float]]:
+  """The floor of ``name`` as ``[(floor call, multiple)]``: the passes it
+  must run, in units of the timed floor calls."""
   unit, images = _images_through_model(name, s)
-  fwd, grad = med.get("floor_fwd_batch"), med.get("floor_grad_batch")
-  if name == "forward" or None in (fwd, grad):
-    return None
-  if name == "deeplift":  # a gradient of x and a forward of the baseline
-    return fwd + grad
-  if name == "lrp":
+  if name == "forward":
+    return []
+  if name in ("deeplift", "lrp"):
+    # DeepLIFT: a gradient of x and a forward of the baseline. LRP with
     # EpsilonPlusFlat: the forward pass, then every convolution's z+ rule
     # runs the layer with W+ (a forward-sized pass) and its transpose (a
     # gradient-sized one): a forward and a gradient, as zennit does.
-    return fwd + grad
+    return [("floor_fwd_batch", 1.0), ("floor_grad_batch", 1.0)]
   if images == s["batch"]:
-    return {"fwd": fwd, "grad": grad}[unit]
-  return med[f"floor_{unit}_pass"] * images / s["pass"]
+    return [(f"floor_{unit}_batch", 1.0)]
+  return [(f"floor_{unit}_pass", images / s["pass"])]
+
+
+def _floor_seconds(name: str, s: dict, med: dict) -> float | None:
+  """The floor of ``name`` from the median floor timings ``med``."""
+  parts = _floor_parts(name, s)
+  if not parts or any(med.get(call) is None for call, _ in parts):
+    return None
+  return sum(med[call] * k for call, k in parts)
 
 
 def _random_input(model: str, directory: str, batch: int) -> None:
@@ -584,6 +598,11 @@ def main() -> None:
                       help="an extra lapjax worker importing lapjax from "
                       "this directory (holding lapjax/), timed in the same "
                       "rounds (repeatable): before/after a change")
+  parser.add_argument("--row-by-row", action="store_true",
+                      help="time one method (and its floors) at a time, "
+                      "its rounds interleaved across the sides, and print "
+                      "its row when done: rows come in --methods order "
+                      "while later methods still compile (a cold GPU)")
   parser.add_argument("--log-dir", default=None,
                       help="where the workers' stderr goes (default: a "
                       "temporary directory)")
@@ -638,58 +657,76 @@ def main() -> None:
     floors = sorted({f"floor_{u}_batch" for u in ("fwd", "grad")}
                     | {f"floor_{u}_pass" for u, n in units
                        if n != s["batch"]})
-    jobs = [(w, m) for m in methods for w in sides]
-    jobs += [(w, f) for f in floors for w in lapjax_sides]
-    times = {job: [] for job in jobs}
-    cpu = {job: [] for job in jobs}
-    missing: dict = {}
-    for round_ in range(args.reps + 1):  # round 0: warm-up
-      for side, name in jobs:
-        if (side, name) in missing:
-          continue
-        r = workers[side].call("time", name=name)
-        print(json.dumps({"benchmark": "vs_pytorch_call", "round": round_,
-                          "side": side, "method": name, **r}),
-              file=sys.stderr, flush=True)
-        if "seconds" not in r:
-          missing[(side, name)] = r.get("error", "not run on this side")
-        elif round_:
-          times[(side, name)].append(r["seconds"])
-          cpu[(side, name)].append(r["cpu_seconds"])
+    if args.row_by_row:  # each method with its own floors, in turn
+      groups = [([m], [(w, m) for w in sides]
+                 + [(w, f) for f, _ in _floor_parts(m, s)
+                    for w in lapjax_sides]) for m in methods]
+    else:  # every method and floor in each round
+      groups = [(methods, [(w, m) for m in methods for w in sides]
+                 + [(w, f) for f in floors for w in lapjax_sides])]
+    times, cpu, first, missing = {}, {}, {}, {}
+    rows = []
+    for group, jobs in groups:
+      for job in jobs:
+        times[job], cpu[job] = [], []
+      for round_ in range(args.reps + 1):  # round 0: warm-up
+        for side, name in jobs:
+          if (side, name) in missing:
+            continue
+          r = workers[side].call("time", name=name)
+          print(json.dumps({"benchmark": "vs_pytorch_call", "round": round_,
+                            "side": side, "method": name, **r}),
+                file=sys.stderr, flush=True)
+          if "seconds" not in r:
+            missing[(side, name)] = r.get("error", "not run on this side")
+          elif round_:
+            times[(side, name)].append(r["seconds"])
+            cpu[(side, name)].append(r["cpu_seconds"])
+          else:
+            first[(side, name)] = r["seconds"]
+      for m in group:
+        rows.append(_row(m, s, args, sides, extras, times, cpu, first,
+                         missing))
+        print(json.dumps(rows[-1]), flush=True)
     for w in workers.values():
       w.close()
 
-  rows = []
-  for m in methods:
-    med = {side: _median(times.get((side, m), [])) for side in
-           ("torch", *sides)}
-    med_cpu = {side: _median(cpu.get((side, m), [])) for side in
-               ("torch", *sides)}
-    floor = _floor_seconds(m, s, {name: _median(ts) for (side, name), ts
-                                  in times.items() if side == "lapjax"})
-    row = {"benchmark": "vs_pytorch", "model": args.model, "method": m,
-           "batch": s["batch"], "size": s["size"], "reps": args.reps,
-           "torch_s": med["torch"], "lapjax_s": med["lapjax"],
-           "torch_over_lapjax": _ratio(med["torch"], med["lapjax"]),
-           "torch_cpu_s": med_cpu["torch"], "lapjax_cpu_s": med_cpu["lapjax"],
-           "torch_over_lapjax_cpu": _ratio(med_cpu["torch"],
-                                           med_cpu["lapjax"]),
-           "lapjax_floor_s": floor,
-           "lapjax_over_floor": _ratio(med["lapjax"], floor)}
-    for side, _, _ in extras:
-      row[f"{side}_s"] = med[side]
-      row[f"{side}_cpu_s"] = med_cpu[side]
-      row[f"{side}_over_lapjax"] = _ratio(med[side], med["lapjax"])
-    for side in sides:
-      if (side, m) in missing:
-        row[f"{side}_missing"] = missing[(side, m)]
-    rows.append(row)
-    print(json.dumps(row), flush=True)
   print(json.dumps({"benchmark": "vs_pytorch_floors", "model": args.model,
                     **{f"{side}:{name}": round(_median(ts), 4)
                        for (side, name), ts in times.items()
                        if name.startswith("floor_") and ts}}), flush=True)
   _table(rows, extras)
+
+
+def _row(m: str, s: dict, args, sides: list, extras: list, times: dict,
+         cpu: dict, first: dict, missing: dict) -> dict:
+  """Method ``m``'s result line: medians, ratios, floor, first calls."""
+  med = {side: _median(times.get((side, m), [])) for side in
+         ("torch", *sides)}
+  med_cpu = {side: _median(cpu.get((side, m), [])) for side in
+             ("torch", *sides)}
+  floor = _floor_seconds(m, s, {name: _median(ts) for (side, name), ts
+                                in times.items() if side == "lapjax"})
+  row = {"benchmark": "vs_pytorch", "model": args.model, "method": m,
+         "batch": s["batch"], "size": s["size"], "reps": args.reps,
+         "torch_s": med["torch"], "lapjax_s": med["lapjax"],
+         "torch_over_lapjax": _ratio(med["torch"], med["lapjax"]),
+         "torch_cpu_s": med_cpu["torch"], "lapjax_cpu_s": med_cpu["lapjax"],
+         "torch_over_lapjax_cpu": _ratio(med_cpu["torch"],
+                                         med_cpu["lapjax"]),
+         "lapjax_floor_s": floor,
+         "lapjax_over_floor": _ratio(med["lapjax"], floor)}
+  for side, _, _ in extras:
+    row[f"{side}_s"] = med[side]
+    row[f"{side}_cpu_s"] = med_cpu[side]
+    row[f"{side}_over_lapjax"] = _ratio(med[side], med["lapjax"])
+  # The warm-up call: compilation (graph capture, hooks) and one call.
+  for side in sides:
+    row[f"{side}_first_call_s"] = first.get((side, m))
+  for side in sides:
+    if (side, m) in missing:
+      row[f"{side}_missing"] = missing[(side, m)]
+  return row
 
 
 def _fmt(v: float | None, unit: str = " s") -> str:

@@ -35,19 +35,27 @@ def _scores(classifier: Classifier, xs: jax.Array, cotangents: jax.Array,
                         cotangents.shape[0], -1)
 
 
-def _even_per_pass(n: int, per_pass: int) -> int:
-  """Items per pass that fill the fewest passes evenly.
+def _even_passes(n: int, per_pass: int) -> tuple[tuple[int, int], ...]:
+  """``(passes, items per pass)`` groups that run ``n`` items exactly.
 
-  ``n`` items in ``passes = ceil(n / per_pass)`` passes of ``ceil(n /
-  passes) <= per_pass`` items: fewer than ``passes`` padded items in all,
-  where full passes of ``per_pass`` pad up to ``per_pass - 1`` (49 windows
-  at 16 per pass: 4 passes of 13, 3 padded, instead of 4 of 16, 15 padded).
-  Occlusion's own: in ``core._pad_to_chunks``, shared by every chunked
-  method, it changed the chunk shapes of the image batch and with them the
-  rounding of the multi-device protocol reports (docs/benchmarks.md).
+  The fewest passes of at most ``per_pass`` items, ``passes = ceil(n /
+  per_pass)``, filled evenly and without padding: ``r = n mod passes`` of
+  them hold ``q + 1`` items and the rest ``q = floor(n / passes)``, so
+  that pass sizes differ by at most one item (49 windows at 16 per pass:
+  one pass of 13 and three of 12, where passes padded to 16 ran 64 images
+  and passes padded to 13 ran 52). Each group is its own ``lax.scan``: at
+  most two pass shapes, i.e. two compilations of the model's forward in
+  one program, as full passes plus a remainder pass would need, without
+  the remainder's small pass (one image of 49 at 16 per pass; measured
+  side by side in docs/benchmarks.md). Occlusion's own: in
+  ``core._pad_to_chunks``, shared by every chunked method, even chunks
+  changed the chunk shapes of the image batch and with them the rounding
+  of the multi-device protocol reports (docs/benchmarks.md).
   """
   passes = -(-n // per_pass)
-  return -(-n // passes)
+  q, r = divmod(n, passes)
+  return tuple((count, size) for count, size in ((r, q + 1),
+                                                 (passes - r, q)) if count)
 
 
 @compiled
@@ -75,8 +83,8 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
       with ``blur_sigma``; ``core.baseline_images``).
     score: ``'logit'`` or ``'prob'``.
     chunk_size: at most this many images per forward pass; the windows
-      fill the fewest such passes evenly (``_even_per_pass``), so that
-      little of the last pass is padding.
+      fill the fewest such passes evenly, without padding (pass sizes
+      differ by at most one window, ``_even_passes``).
 
   Returns:
     ``[B, H, W]`` (or ``[B, C', H, W]``), signed.
@@ -115,8 +123,12 @@ def occlusion(classifier: Classifier, x: jax.Array, targets, *,
     d = base[:, None] - s                                       # [C', n, B]
     return jnp.einsum("cnb,nhw->ncbhw", d, m)
 
-  per_pass = _even_per_pass(len(pos), core.points_per_pass(chunk_size, b))
-  total = core.chunked_sum(drops, pos, jnp.ones(len(pos)), per_pass)
+  total, start = jnp.zeros((t.cotangents.shape[0], b, h, w)), 0
+  for passes, size in _even_passes(
+      len(pos), core.points_per_pass(chunk_size, b)):
+    group = pos[start:start + passes * size]
+    total += core.chunked_sum(drops, group, jnp.ones(len(group)), size)
+    start += passes * size
   coverage = jax.vmap(window_mask)(pos).sum(0)
   return core.finish(total / coverage, t)
 

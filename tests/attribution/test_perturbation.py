@@ -9,6 +9,7 @@ import pytest
 
 from lapjax import attribution as attr
 from lapjax import from_flax
+from lapjax.attribution import perturbation
 from tests.attribution.models import linear_classifier, small_cnn
 
 W = jax.random.normal(jax.random.key(0), (3, 6, 9, 2))
@@ -65,7 +66,7 @@ def _occlusion_by_window(model, v, x, targets, window, stride, fill, score):
 
 
 # 20 windows (4 rows x 5 columns) on 12 x 20 images, batch 2: chunk_size 16
-# runs 3 passes of 7 windows (1 padded), 6 runs 7 passes of 3 (1 padded), 40
+# runs passes of 7, 7 and 6 windows, 6 runs six passes of 3 and one of 2, 40
 # one pass of 20, 1 one window per pass (a batch larger than chunk_size).
 @pytest.mark.parametrize("chunk_size, score", [
     (16, "logit"), (6, "prob"), (40, "logit"), (1, "logit")])
@@ -109,6 +110,34 @@ def test_occlusion_passes_are_full_but_for_less_than_one_window_each(
   # As few passes as chunk_size allows, padded by less than a window each.
   assert len(passes) == math.ceil(windows / (chunk_size // b))
   assert windows * b <= sum(passes) < (windows + len(passes)) * b
+
+
+def test_even_passes_run_every_item_once_in_the_fewest_passes():
+  for n in range(1, 60):
+    for per_pass in range(1, 20):
+      groups = perturbation._even_passes(n, per_pass)
+      sizes = [size for passes, size in groups for _ in range(passes)]
+      assert sum(sizes) == n                      # no padding
+      assert len(sizes) == math.ceil(n / per_pass)
+      assert max(sizes) <= per_pass
+      assert max(sizes) - min(sizes) <= 1
+      assert len(groups) <= 2                     # two pass shapes at most
+
+
+def test_occlusion_runs_exactly_the_images_it_needs():
+  model, v, x = small_cnn(shape=(2, 12, 20, 3))
+  windows, b = 20, 2                      # window (5, 6), stride (3, 4)
+  seen = []
+  clf = _counting_classifier(model, v, seen)
+  for _ in range(2):          # the first call also runs the input checks
+    seen.clear()
+    attr.occlusion(clf, x, jnp.array([1, 3]), window=(5, 6), stride=(3, 4),
+                   chunk_size=14)
+    jax.effects_barrier()
+  # At most 7 windows per pass: passes of 7, 7 and 6, and the unoccluded
+  # batch; no padded window (full passes of 7 would run 21 windows).
+  assert sorted(seen) == [b, 6 * b, 7 * b, 7 * b]
+  assert sum(seen) == (windows + 1) * b
 
 
 def test_occlusion_is_the_same_jitted_and_not_jitted():
