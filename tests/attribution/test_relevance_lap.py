@@ -7,6 +7,8 @@ summation-to-delta of DeepLIFT on tiny paper-form LAP ResNet-18 / -50
 layouts with random BatchNorm statistics.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,18 +26,19 @@ EPSILON = rel.composite({nn.Conv: rules.Epsilon(1e-9),
                          nn.Dense: rules.Epsilon(1e-9)})
 
 
-def _randomised(variables, key, *, bias_free=False):
+def _randomised(variables, seed, *, bias_free=False):
   """Random BatchNorm scales, variances (and, unless ``bias_free``, means
-  and biases): a merge that dropped or misplaced a term shows."""
-  keys = iter(jax.random.split(key, 10_000))
+  and biases): a merge that dropped or misplaced a term shows. Drawn by
+  NumPy (``seed``): nothing to compile."""
+  rng = np.random.default_rng(seed)
 
   def leaf(path, a):
     name = path[-1].key
     if name in ("scale", "var"):
-      return jax.random.uniform(next(keys), a.shape, a.dtype, 0.5, 1.5)
+      return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), a.dtype)
     if name in ("bias", "mean"):
       return (jnp.zeros_like(a) if bias_free else
-              0.3 * jax.random.normal(next(keys), a.shape, a.dtype))
+              jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype))
     return a
 
   return {c: jax.tree.map_with_path(leaf, variables[c])
@@ -55,14 +58,34 @@ MODELS = {
 }
 
 
-def _lap_resnet(name, *, bias_free=False, layers=("stage2",)):
+@functools.cache
+def _initialised(name):
+  """``(model, variables, x)``: the model initialised once per module, in
+  one compiled program."""
   options, places = MODELS[name]
   model = ResNet(3, stage_sizes=(1, 1),
                  pool=LAPSpec(places, 2, head_widths=(4,)), **options)
   x = jax.random.uniform(jax.random.key(0), (2, 24, 16, 3))
-  v = _randomised(model.init(jax.random.key(1), x), jax.random.key(2),
-                  bias_free=bias_free)
-  return model, v, rel.relevance_classifier(model, v, layers=layers), x
+  return model, jax.jit(model.init)(jax.random.key(1), x), x
+
+
+@functools.cache
+def _lap_resnet(name, *, bias_free=False, layers=("stage2",)):
+  """``(model, variables, relevance classifier, x, logits)``, built once per
+  module and arguments (the tests share the classifier, so a method
+  compiled for it by one test is compiled once); ``logits(x)`` is the
+  jitted model."""
+  model, variables, x = _initialised(name)
+  v = _randomised(variables, 2, bias_free=bias_free)
+  logits = jax.jit(functools.partial(model.apply, v))
+  return (model, v, rel.relevance_classifier(model, v, layers=layers), x,
+          logits)
+
+
+def _jitted_apply(c):
+  """``c.apply(x)`` compiled: a new function per call, traced where it is
+  first called (inside ``rel._propagating`` it traces the rules)."""
+  return jax.jit(lambda x: c.apply(x))
 
 
 def test_lap_pool_weights_sum_to_one_per_window():
@@ -70,21 +93,25 @@ def test_lap_pool_weights_sum_to_one_per_window():
   overlapping padded windows and global pooling, whatever the importance."""
   q = jax.random.normal(jax.random.key(0), (2, 9, 7)) * 3
   ones = jnp.ones((2, 9, 7, 4))
+  # Compiled (one program per layout) rather than dispatched op by op.
+  pool = jax.jit(importance_pool,
+                 static_argnames=("window", "strides", "padding"))
   for window, strides, padding in [(3, 2, ((1, 1), (1, 1))), (2, 2, "VALID"),
                                    (3, 2, "SAME"), (None, None, "VALID")]:
-    out = importance_pool(ones, q, jnp.float32(5.0), window=window,
-                          strides=strides, padding=padding)
+    out = pool(ones, q, jnp.float32(5.0), window=window, strides=strides,
+               padding=padding)
     np.testing.assert_allclose(out, 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_canonised_lap_resnet_has_the_models_logits(name):
-  model, v, c, x = _lap_resnet(name)
-  logits = model.apply(v, x)
-  np.testing.assert_array_equal(c.apply(x)[0], logits)
+  _, _, c, x, model_logits = _lap_resnet(name)
+  logits = model_logits(x)
+  np.testing.assert_array_equal(_jitted_apply(c)(x)[0], logits)
   for comp in (rel.epsilon_plus_flat(), rel.epsilon_gamma_box()):
-    with rel._propagating(comp):
-      merged = c.apply(x)[0]
+    with rel._propagating(comp) as state:
+      merged = _jitted_apply(c)(x)[0]
+    assert state.traced                 # traced with the rules
     np.testing.assert_allclose(merged, logits, rtol=1e-5, atol=1e-5)
 
 
@@ -93,9 +120,9 @@ def test_epsilon_rule_conserves_relevance_through_lap_pools(name):
   """Bias-free (merged convolutions without bias), the epsilon rule sums
   to the target logit at the input and at every tapped stage."""
   taps = ("stage1", "stage2")
-  model, v, c, x = _lap_resnet(name, bias_free=True, layers=taps)
+  _, _, c, x, model_logits = _lap_resnet(name, bias_free=True, layers=taps)
   targets = jnp.array([2, 0])
-  logits = model.apply(v, x)[jnp.arange(2), targets]
+  logits = model_logits(x)[jnp.arange(2), targets]
   assert np.all(np.abs(logits) > 1e-4)
   sums = [rel.lrp(c, x, targets, composite=EPSILON).sum((1, 2))]
   sums += [rel.lrp(c, x, targets, composite=EPSILON, layer=t).sum((1, 2))
@@ -106,7 +133,7 @@ def test_epsilon_rule_conserves_relevance_through_lap_pools(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_composites_and_relevance_cam_run_on_lap_resnets(name):
-  model, v, c, x = _lap_resnet(name)
+  _, _, c, x, _ = _lap_resnet(name)
   targets = jnp.array([[0, 2], [1, 1]])
   # Every composite on the bottleneck ResNet (its rules are per layer type,
   # the same in all three); the composite of the CAM below on the others.
@@ -117,7 +144,7 @@ def test_composites_and_relevance_cam_run_on_lap_resnets(name):
   cam = rel.relevance_cam(c, x, targets, layer="stage2", resize=False)
   r = rel.lrp(c, x, targets, composite="epsilon_plus", layer="stage2",
               channels=None)
-  acts = c.apply(x)[1]["stage2"]
+  acts = _jitted_apply(c)(x)[1]["stage2"]
   expected = np.maximum(np.einsum("bnc,bhwc->bnhw", r.sum((2, 3)), acts), 0)
   np.testing.assert_allclose(cam, expected, rtol=1e-4, atol=1e-6)
   assert np.all(np.isfinite(cam)) and cam.max() > 0
@@ -125,11 +152,11 @@ def test_composites_and_relevance_cam_run_on_lap_resnets(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_deeplift_sums_to_delta_through_lap_pools(name):
-  model, v, c, x = _lap_resnet(name)
+  _, _, c, x, model_logits = _lap_resnet(name)
   targets = jnp.array([1, 2])
 
   def target_logits(a):
-    return model.apply(v, a)[jnp.arange(2), targets]
+    return model_logits(a)[jnp.arange(2), targets]
 
   # ``half`` equals x on its left half: there the pool inputs do not
   # change while the weights of windows on the border do.
@@ -137,10 +164,14 @@ def test_deeplift_sums_to_delta_through_lap_pools(name):
                                                (2, 24, 8, 3)))
   # A constant baseline moves every pool input; ``half`` leaves some
   # windows' inputs unchanged while their weights move (the gate part).
-  for baseline in (0.3, half):
-    maps = deeplift(c, x, targets, baseline=baseline)
-    delta = target_logits(x) - target_logits(
-        core.baseline_images(x, baseline, 5.0))
+  # Both baselines in one call (one compiled program): the batch items
+  # are independent (test_deeplift.py), and a number as the baseline is
+  # checked there.
+  baselines = (core.baseline_images(x, 0.3), half)
+  both = deeplift(c, jnp.concatenate([x, x]), jnp.tile(targets, 2),
+                  baseline=jnp.concatenate(baselines))
+  for maps, baseline in zip(jnp.split(both, 2), baselines):
+    delta = target_logits(x) - target_logits(baseline)
     assert np.all(np.abs(delta) > 1e-4)
     np.testing.assert_allclose(maps.sum((1, 2)), delta, rtol=1e-4,
                                atol=1e-6)
@@ -242,13 +273,13 @@ class NormAfterReluPool(nn.Module):
 def test_a_norm_that_cannot_be_merged_is_named():
   model = NormAfterReluPool()
   x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 3))
-  v = _randomised(model.init(jax.random.key(1), x), jax.random.key(2))
+  v = _randomised(model.init(jax.random.key(1), x), 2)
   c = rel.relevance_classifier(model, v)
   with pytest.raises(ValueError, match=r"BatchNorm 'pooled_norm' does not "
                      r"directly follow a Conv or Dense layer \(or a LAP-Pool"):
     rel.lrp(c, x, jnp.array([0]))
   # Zennit's pass rule for it still conserves (bias-free).
-  v = _randomised(v, jax.random.key(3), bias_free=True)
+  v = _randomised(v, 3, bias_free=True)
   c = rel.relevance_classifier(model, v)
   passing = rel.composite({nn.Conv: rules.Epsilon(1e-9),
                            nn.Dense: rules.Epsilon(1e-9)}, norms="pass")
