@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m lapjax.data.clues --out $(RUN)/samples.png
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --durations=25 tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check lapjax tests configs benchmarks studies train.py evaluate.py
