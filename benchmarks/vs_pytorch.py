@@ -720,10 +720,9 @@ def _row(m: str, s: dict, args, sides: list, extras: list, times: dict,
     row[f"{side}_s"] = med[side]
     row[f"{side}_cpu_s"] = med_cpu[side]
     row[f"{side}_over_lapjax"] = _ratio(med[side], med["lapjax"])
-  # The warm-up call: compilation (graph capture, hooks) and one call.
   for side in sides:
+    # The warm-up call: compilation (graph capture, hooks) and one call.
     row[f"{side}_first_call_s"] = first.get((side, m))
-  for side in sides:
     if (side, m) in missing:
       row[f"{side}_missing"] = missing[(side, m)]
   return row

@@ -92,11 +92,13 @@ def _counting_classifier(model, v, seen):
   return clf._replace(apply=apply)
 
 
-@pytest.mark.parametrize("chunk_size", [16, 6, 5])
-def test_occlusion_passes_are_full_but_for_less_than_one_window_each(
-    chunk_size):
-  model, v, x = small_cnn(shape=(2, 12, 20, 3))
-  windows, b = 20, 2                      # window (5, 6), stride (3, 4)
+WINDOWS, BATCH = 20, 2          # occlusion window (5, 6), stride (3, 4)
+
+
+def _occlusion_pass_sizes(chunk_size: int) -> list[int]:
+  """The batch sizes of the forward passes one occlusion call runs on a
+  ``[2, 12, 20, 3]`` batch (20 windows)."""
+  model, v, x = small_cnn(shape=(BATCH, 12, 20, 3))
   seen = []
   clf = _counting_classifier(model, v, seen)
   for _ in range(2):          # the first call also runs the input checks
@@ -104,7 +106,14 @@ def test_occlusion_passes_are_full_but_for_less_than_one_window_each(
     attr.occlusion(clf, x, jnp.array([1, 3]), window=(5, 6), stride=(3, 4),
                    chunk_size=chunk_size)
     jax.effects_barrier()
-  passes = list(seen)
+  return seen
+
+
+@pytest.mark.parametrize("chunk_size", [16, 6, 5])
+def test_occlusion_passes_are_full_but_for_less_than_one_window_each(
+    chunk_size):
+  windows, b = WINDOWS, BATCH
+  passes = _occlusion_pass_sizes(chunk_size)
   passes.remove(b)                        # the unoccluded batch
   assert max(passes) <= chunk_size
   # As few passes as chunk_size allows, padded by less than a window each.
@@ -125,15 +134,8 @@ def test_even_passes_run_every_item_once_in_the_fewest_passes():
 
 
 def test_occlusion_runs_exactly_the_images_it_needs():
-  model, v, x = small_cnn(shape=(2, 12, 20, 3))
-  windows, b = 20, 2                      # window (5, 6), stride (3, 4)
-  seen = []
-  clf = _counting_classifier(model, v, seen)
-  for _ in range(2):          # the first call also runs the input checks
-    seen.clear()
-    attr.occlusion(clf, x, jnp.array([1, 3]), window=(5, 6), stride=(3, 4),
-                   chunk_size=14)
-    jax.effects_barrier()
+  windows, b = WINDOWS, BATCH
+  seen = _occlusion_pass_sizes(14)
   # At most 7 windows per pass: passes of 7, 7 and 6, and the unoccluded
   # batch; no padded window (full passes of 7 would run 21 windows).
   assert sorted(seen) == [b, 6 * b, 7 * b, 7 * b]
